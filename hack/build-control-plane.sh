@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Build a real Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl), etcd and kwok from the Go module proxy into a cache folder keyed by version.
+#
+# Why a wrapper module: k8s.io/kubernetes replaces its staging modules with ./staging/... paths, so
+# `go install k8s.io/kubernetes/cmd/...@vX` is refused. A throw-away module that requires
+# k8s.io/kubernetes and replaces every staging module with its published version builds the same
+# code. Binaries already in the cache are kept; a finished build is reused by every later run.
+#
+# Usage: hack/build-control-plane.sh            (prints the bin directory on its last line)
+# Env:   MODELDEPLOY_CACHE (default ~/.cache/modeldeploy), K8S_VERSION, ETCD_VERSION, KWOK_VERSION
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+CACHE="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
+KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
+BIN="$CACHE/$KEY/bin"
+WORK="$CACHE/$KEY/src"
+STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--buildvcs=false}" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+mkdir -p "$BIN" "$WORK"
+start_all=$SECONDS
+log() { printf '[control-plane build] %s\n' "$*" >&2; }
+
+need() {  # need NAME -> true when the binary is missing from the cache
+  [ ! -x "$BIN/$1" ]
+}
+
+timed_build() {  # timed_build NAME DIR PKG LDFLAGS
+  local name=$1 dir=$2 pkg=$3 ldflags=$4 t0=$SECONDS
+  if ! need "$name"; then log "$name: cached"; return; fi
+  log "$name: building $pkg ..."
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" "$pkg")
+  mv "$BIN/$name.tmp" "$BIN/$name"
+  log "$name: built in $((SECONDS - t0)) s"
+}
+
+# --- Kubernetes ---------------------------------------------------------------------------
+if need kube-apiserver || need kube-controller-manager || need kube-scheduler || need kubectl; then
+  K8S_DIR="$WORK/kubernetes"
+  mkdir -p "$K8S_DIR"
+  if [ ! -f "$K8S_DIR/go.sum" ]; then
+    t0=$SECONDS
+    log "kubernetes $K8S_VERSION: downloading the module and resolving dependencies ..."
+    mod_dir=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+    go_line=$(grep -m1 '^go ' "$mod_dir/go.mod")
+    {
+      echo "module modeldeploy.local/k8sbuild"
+      echo
+      echo "$go_line"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      echo "replace ("
+      sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\t\1 => \1 '"$STAGING_VERSION"'#p' "$mod_dir/go.mod"
+      echo ")"
+    } > "$K8S_DIR/go.mod"
+    cat > "$K8S_DIR/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    (cd "$K8S_DIR" && go mod tidy -e >/dev/null 2>"$K8S_DIR/tidy.log" || { cat "$K8S_DIR/tidy.log" >&2; exit 1; })
+    log "kubernetes $K8S_VERSION: modules ready in $((SECONDS - t0)) s"
+  fi
+  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld="$ld -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    timed_build "$name" "$K8S_DIR" "k8s.io/kubernetes/cmd/$name" "$ld"
+  done
+fi
+
+# --- etcd ---------------------------------------------------------------------------------
+if need etcd; then
+  ETCD_DIR="$WORK/etcd"
+  mkdir -p "$ETCD_DIR"
+  if [ ! -f "$ETCD_DIR/go.sum" ]; then
+    t0=$SECONDS
+    log "etcd $ETCD_VERSION: resolving dependencies ..."
+    mod_dir=$(go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+    go_line=$(grep -m1 '^go ' "$mod_dir/go.mod")
+    printf 'module modeldeploy.local/etcdbuild\n\n%s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+      "$go_line" "$ETCD_VERSION" > "$ETCD_DIR/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > "$ETCD_DIR/tools.go"
+    (cd "$ETCD_DIR" && go mod tidy -e >/dev/null 2>"$ETCD_DIR/tidy.log" || { cat "$ETCD_DIR/tidy.log" >&2; exit 1; })
+    log "etcd $ETCD_VERSION: modules ready in $((SECONDS - t0)) s"
+  fi
+  timed_build etcd "$ETCD_DIR" go.etcd.io/etcd/server/v3 \
+    "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
+fi
+
+# --- kwok (fake nodes and pods) -----------------------------------------------------------
+if need kwok; then
+  t0=$SECONDS
+  log "kwok: building sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION ..."
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+    "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  log "kwok: built in $((SECONDS - t0)) s"
+fi
+# kwok's default stages (node heartbeat, pod ready, pod delete) ship in its module.
+if [ ! -d "$CACHE/$KEY/kwok-stages" ]; then
+  kwok_dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  mkdir -p "$CACHE/$KEY/kwok-stages.tmp"
+  cp -r "$kwok_dir/kustomize/stage/." "$CACHE/$KEY/kwok-stages.tmp/"
+  chmod -R u+w "$CACHE/$KEY/kwok-stages.tmp"
+  mv "$CACHE/$KEY/kwok-stages.tmp" "$CACHE/$KEY/kwok-stages"
+fi
+
+log "all binaries ready in $BIN ($((SECONDS - start_all)) s)"
+echo "$BIN"
