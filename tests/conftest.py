@@ -1,0 +1,99 @@
+"""Session-wide fixtures: a real Kubernetes API server for every test that asks for `cluster`.
+
+With KUBECONFIG set (a kind cluster, say) the tests use that cluster. Otherwise they start the
+embedded control plane (operator/devcluster) once per session, building its binaries first if the
+cache is cold, and stop it when the session ends — also on Ctrl-C or SIGTERM, and the kernel ends it
+if pytest itself is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_session_notes: list[str] = []
+
+
+@dataclass
+class ClusterHandle:
+    """What a test needs of a cluster: its kubeconfig, kubectl and an API client."""
+
+    kubeconfig: Path
+    kubectl_path: Path
+    embedded: bool
+    local: object | None = field(default=None, repr=False)  # devcluster.LocalCluster when embedded
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        from devcluster import run_kubectl
+
+        return run_kubectl(
+            self.kubectl_path, self.kubeconfig, *args, input=input, check=check, timeout=timeout
+        )
+
+    def api_client(self):  # type: ignore[no-untyped-def]
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI time-outs, `kill`) becomes Ctrl-C, so pytest runs the fixtures' teardown.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    for note in _session_notes:
+        terminalreporter.write_line(note)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            pytest.fail("KUBECONFIG is set but no kubectl is on PATH")
+        yield ClusterHandle(Path(external), Path(kubectl), embedded=False)
+        return
+
+    from devcluster import LocalCluster, ensure_binaries
+
+    binaries = ensure_binaries()
+    directory = Path(tempfile.mkdtemp(prefix="modeldeploy-test-cluster-"))
+    local = LocalCluster(directory, binaries, die_with_parent=True)
+    local.start()
+    t = local.timings
+    _session_notes.append(
+        f"embedded control plane: /readyz after {t['apiserver_ready']:.1f}s, "
+        f"nodes Ready after {t['nodes_ready']:.1f}s ({directory})"
+    )
+    try:
+        yield ClusterHandle(local.kubeconfig, binaries.kubectl, embedded=True, local=local)
+    finally:
+        local.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(cluster: ClusterHandle) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
