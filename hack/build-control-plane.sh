@@ -31,7 +31,7 @@ need() {  # need NAME -> true when the binary is missing from the cache
 
 timed_build() {  # timed_build NAME DIR PKG LDFLAGS
   local name=$1 dir=$2 pkg=$3 ldflags=$4 t0=$SECONDS
-  if ! need "$name"; then log "$name: cached"; return; fi
+  if ! need "$name"; then return; fi
   log "$name: building $pkg ..."
   (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" "$pkg")
   mv "$BIN/$name.tmp" "$BIN/$name"

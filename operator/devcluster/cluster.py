@@ -42,6 +42,17 @@ KWOK_STOCK_STAGES = (
 # Pod IPs come from the loopback range: nothing ever dials a non-loopback address from this
 # machine, and a test may start a real server on a pod's IP to stand in for that pod.
 POD_CIDR = "127.64.0.0/16"
+# Every write (create/update/patch/delete) is recorded with its user agent in <dir>/audit.log, so a
+# test can count the API writes a component makes instead of trusting the component's own numbers.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
 NODE_COUNT = 2
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # Pod label read by fault-stages.yaml: never-ready | crash-loop | oom-killed | image-pull-backoff.
@@ -134,6 +145,7 @@ class LocalCluster:
         self.binaries = binaries
         self.die_with_parent = die_with_parent
         self.kubeconfig = self.directory / "kubeconfig"
+        self.audit_log = self.directory / "audit.log"
         self.ports = Ports()
         self.processes: list[ManagedProcess] = []
         self.timings: dict[str, float] = {}
@@ -240,6 +252,8 @@ class LocalCluster:
     def _start_apiserver(self, timeout: float) -> None:
         assert self._pki is not None
         pki, p = self._pki, self.ports
+        audit_policy = self.directory / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         process = self._spawn(
             "kube-apiserver",
             [
@@ -260,6 +274,10 @@ class LocalCluster:
                 # Loopback addresses are not valid endpoints of the `kubernetes` Service.
                 "--endpoint-reconciler-type=none",
                 f"--cert-dir={self.directory / 'apiserver-certs'}",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--profiling=false",
                 "--v=0",
             ],

@@ -3,7 +3,8 @@
 Each process gets a log file and a PID file in the cluster directory, so `devcluster down` can stop
 a cluster that another command started. Test sessions also ask the kernel to end each process when
 the Python process that started it dies (PR_SET_PDEATHSIG), so even a `kill -9` of pytest leaves no
-API server behind.
+API server behind. That signal is SIGKILL: a kube-apiserver whose etcd is already gone can sit in
+graceful shutdown for minutes, and a test cluster's state is thrown away anyway.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: deliver SIGTERM when the parent goes away."""
+    """Runs in the child between fork and exec: deliver SIGKILL when the parent goes away."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
