@@ -13,7 +13,7 @@ DEVCLUSTER_DIR ?= $(CURDIR)/.devcluster
 
 .PHONY: help
 help: ## Show this help.
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 ##@ Setup
 $(STAMP): pyproject.toml
@@ -42,12 +42,17 @@ fmt: venv ## Format the code and apply safe lint fixes.
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: venv control-plane ## Run every test tier (unit, serving, integration on a real control plane).
+test: venv $(if $(KUBECONFIG),,control-plane) ## Run every test tier (unit, serving, integration on a real control plane).
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## Run the fast tests that need no cluster and no network.
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+##@ Benchmarks
+.PHONY: bench-control-plane
+bench-control-plane: venv control-plane ## Time warm starts of the embedded control plane; writes docs/benchmarks.md.
+	$(PY) bench/control_plane.py
 
 ##@ Local control plane
 .PHONY: cluster-up
