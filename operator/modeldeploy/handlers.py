@@ -1,0 +1,193 @@
+"""The kopf layer: the only module that imports kopf. Every handler funnels into `reconcile`.
+
+Triggers: create/update/resume of a ModelDeployment, a periodic level-based pass (the timer), and
+any change to a child the operator owns (so a Deployment deleted or edited by hand is restored at
+once, and status follows pod readiness without waiting for the timer).
+
+kopf's own bookkeeping (progress, diff-base) lives under `status.kopf`, never in annotations: a
+GitOps tool compares metadata and spec with Git, and an annotation that changes on every pass
+would make Argo CD or Flux report drift. With only optional delete handlers there is no
+finalizer either, so `kubectl delete` never hangs on a stopped operator.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from prometheus_client import start_http_server
+
+from .api import GROUP, PLURAL, VERSION
+from .config import OperatorConfig
+from .kube import Kube
+from .metrics import OperatorMetrics
+from .naming import MANAGED_BY, MANAGER, OWNER
+from .reconcile import PassResult, reconcile
+
+log = logging.getLogger("modeldeploy")
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
+HPA_RESOURCE = ("autoscaling", "v2", "horizontalpodautoscalers")
+
+
+@dataclass
+class Runtime:
+    """Process-wide state the handlers share: settings, API client, metrics, per-object locks."""
+
+    config: OperatorConfig
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    kube: Kube | None = None
+    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        """Timer, change and child handlers may run at once; one pass per object at a time."""
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def record_phase(self, key: tuple[str, str], phase: str | None) -> None:
+        if phase is None:
+            self.phases.pop(key, None)
+        else:
+            self.phases[key] = phase
+        counts: dict[str, int] = {}
+        for value in self.phases.values():
+            counts[value] = counts.get(value, 0) + 1
+        self.metrics.by_phase.clear()
+        for value, count in counts.items():
+            self.metrics.by_phase.labels(phase=value).set(count)
+
+
+def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult:
+    """Reconcile `body` once, with metrics and Events; re-raises so kopf retries with backoff."""
+    assert runtime.kube is not None
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    with runtime.lock(key), runtime.metrics.reconcile_seconds.time():
+        try:
+            result = reconcile(runtime.kube, runtime.config, body, runtime.clock())
+        except Exception:
+            runtime.metrics.reconciles.labels(trigger=trigger, result="error").inc()
+            raise
+    runtime.metrics.reconciles.labels(trigger=trigger, result="ok").inc()
+    runtime.record_phase(key, result.plan.status.get("phase"))
+    for event in result.events:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, body)),
+            type=event.type,
+            reason=event.reason,
+            message=event.message,
+        )
+    if result.plan.writes or result.status_written:
+        log.info(
+            "reconciled %s/%s (%s): %d applied, %d deleted, status %s, %.0f ms",
+            *key, trigger, len(result.plan.apply), len(result.plan.delete),
+            "written" if result.status_written else "unchanged", result.seconds * 1000,
+        )  # fmt: skip
+    return result
+
+
+def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+        field="status.kopf.progress", touch_field="status.kopf.dummy"
+    )
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field="status.kopf.lastHandledConfiguration"
+    )
+    settings.posting.reporting_component = "modeldeploy"
+    settings.posting.event_name_prefix = "modeldeploy-"
+    settings.execution.max_workers = 8
+    settings.execution.default_backoff = 5
+    # Re-open watches regularly so a silently dropped connection cannot leave us blind for long.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+
+
+def register(
+    registry: kopf.OperatorRegistry, runtime: Runtime, *, serve_metrics: bool = True
+) -> None:
+    """Attach every handler to `registry`, bound to `runtime`."""
+    md = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_settings(settings, runtime.config)
+        if runtime.kube is None:
+            runtime.kube = Kube.from_environment(runtime.metrics)
+        if serve_metrics:
+            start_http_server(runtime.config.metrics_port, registry=runtime.metrics.registry)
+            log.info("metrics on :%d/metrics", runtime.config.metrics_port)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster service account or KUBECONFIG, read by the official client like our own calls.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.resume(*md, registry=registry)
+    def on_resume(body: kopf.Body, **_: Any) -> None:
+        run_pass(runtime, _plain(body), "resume")
+
+    @kopf.on.create(*md, registry=registry)
+    def on_create(body: kopf.Body, **_: Any) -> None:
+        run_pass(runtime, _plain(body), "create")
+
+    @kopf.on.update(*md, registry=registry, field="spec")
+    def on_update(body: kopf.Body, **_: Any) -> None:
+        run_pass(runtime, _plain(body), "update")
+
+    @kopf.timer(
+        *md,
+        registry=registry,
+        interval=runtime.config.resync_seconds,
+        initial_delay=runtime.config.resync_seconds,
+    )
+    def on_timer(body: kopf.Body, **_: Any) -> None:
+        run_pass(runtime, _plain(body), "timer")
+
+    @kopf.on.delete(*md, registry=registry, optional=True)
+    def on_delete(body: kopf.Body, **_: Any) -> None:
+        # Children go with their owner through garbage collection; only forget the object here.
+        runtime.record_phase((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+
+    def on_child(body: kopf.Body, type: str | None, **_: Any) -> None:
+        labels = body.get("metadata", {}).get("labels", {})
+        owner, namespace = labels.get(OWNER), body.get("metadata", {}).get("namespace")
+        if not owner or runtime.kube is None or type is None:
+            return  # type None: the initial listing, which resume handlers already cover
+        owner_body = runtime.kube.get(f"{GROUP}/{VERSION}", "ModelDeployment", namespace, owner)
+        if owner_body is None or owner_body["metadata"].get("deletionTimestamp"):
+            return
+        run_pass(runtime, owner_body, "child")
+
+    child_labels: dict[str, Any] = {MANAGED_BY: MANAGER, OWNER: kopf.PRESENT}
+    for group, version, plural in (*CHILD_RESOURCES, HPA_RESOURCE):
+        kopf.on.event(group, version, plural, labels=child_labels, registry=registry)(on_child)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """kopf's Body is a live view; the core wants a plain, immutable-by-convention dict."""
+    return copy.deepcopy(dict(body))
+
+
+def run(config: OperatorConfig) -> None:
+    """Run the operator until interrupted (python -m modeldeploy)."""
+    kopf.configure(
+        verbose=False,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, Runtime(config))
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
+    )

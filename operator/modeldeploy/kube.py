@@ -1,0 +1,136 @@
+"""The operator's only door to the Kubernetes API (besides kopf's own watch): read, apply, delete.
+
+Writes go through server-side apply under one field manager, so the operator owns exactly the
+fields it sets and leaves the rest (an HPA's `spec.replicas`, labels another tool adds) alone.
+Every write is counted in the operator's metrics so an idle pass that writes shows up at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from .metrics import OperatorMetrics
+
+FIELD_MANAGER = "modeldeploy"
+USER_AGENT = "modeldeploy-operator"
+
+# (apiVersion, kind) -> plural, for every kind the operator reads or writes.
+PLURALS = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "ConfigMap"): "configmaps",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("modeldeploy.io/v1alpha1", "ModelDeployment"): "modeldeployments",
+}
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    """REST path of a namespaced collection: `/api/v1/...` for the core group, `/apis/...` else."""
+    prefix = "/api" if "/" not in api_version else "/apis"
+    return f"{prefix}/{api_version}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+
+
+@dataclass
+class Kube:
+    """A small typed-agnostic client: dicts in, dicts out."""
+
+    api: k8s.ApiClient
+    metrics: OperatorMetrics
+
+    @classmethod
+    def from_environment(cls, metrics: OperatorMetrics) -> Kube:
+        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)
+        api = k8s.ApiClient(configuration)
+        api.user_agent = USER_AGENT
+        return cls(api, metrics)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        if method != "GET":
+            self.metrics.api_writes.labels(verb=method.lower()).inc()
+        method_, url, headers, payload, post = self.api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method_, url, headers, payload, post, _request_timeout=30)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=data)
+        return json.loads(data) if data else {}
+
+    def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        path = collection_path(api_version, kind, namespace)
+        items = self._call("GET", path, query=[("labelSelector", label_selector)]).get("items", [])
+        for item in items:  # list items carry no apiVersion/kind of their own
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply `obj` under the operator's field manager, forcing conflicts."""
+        meta = obj["metadata"]
+        path = (
+            f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        )
+        return self._call(
+            "PATCH",
+            path,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                "DELETE",
+                f"{collection_path(api_version, kind, namespace)}/{name}",
+                body={"propagationPolicy": "Background"},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the ModelDeployment's status subresource (never its spec)."""
+        path = collection_path("modeldeploy.io/v1alpha1", "ModelDeployment", namespace)
+        self._call(
+            "PATCH",
+            f"{path}/{name}/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )

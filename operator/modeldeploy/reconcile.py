@@ -1,0 +1,111 @@
+"""One reconcile pass: read the children, ask the planner, write only what differs.
+
+This is the imperative shell around the pure planner; kopf handlers call `reconcile` and nothing
+else. Status is written once per pass, and only when it changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .api import InvalidModelDeployment, parse_model_deployment
+from .conditions import Condition, merge_conditions
+from .config import OperatorConfig
+from .kube import Kube
+from .naming import owned_selector
+from .observed import Observed
+from .planner import Event, Plan, plan, timestamp
+
+log = logging.getLogger("modeldeploy.reconcile")
+
+# kopf keeps its own records under status.kopf; they are not ours to compare or overwrite.
+FOREIGN_STATUS_KEYS = frozenset({"kopf"})
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    status_written: bool
+    seconds: float
+
+    @property
+    def events(self) -> list[Event]:
+        return self.plan.events
+
+
+def read_observed(kube: Kube, namespace: str, name: str) -> Observed:
+    selector = owned_selector(name)
+    return Observed(
+        deployments=kube.list("apps/v1", "Deployment", namespace, selector),
+        services=kube.list("v1", "Service", namespace, selector),
+        hpas=kube.list("autoscaling/v2", "HorizontalPodAutoscaler", namespace, selector),
+    )
+
+
+def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
+    """A merge patch turning `current` into `desired` (keys we no longer set become null), or None
+    when nothing would change."""
+    current = {k: v for k, v in (current or {}).items() if k not in FOREIGN_STATUS_KEYS}
+    if current == desired:
+        return None
+    patch: dict[str, Any] = dict(desired)
+    for key in current.keys() - desired.keys():
+        patch[key] = None
+    return patch
+
+
+def invalid_status(
+    body: dict[str, Any], error: InvalidModelDeployment, now: dt.datetime
+) -> dict[str, Any]:
+    """Status for an object the API server accepted but the operator cannot read (e.g. a CRD older
+    than the operator): Stalled with the field errors, so the user sees why nothing happens."""
+    generation = body.get("metadata", {}).get("generation")
+    message = str(error)
+    return {
+        "observedGeneration": generation,
+        "phase": "Degraded",
+        "conditions": merge_conditions(
+            body.get("status", {}).get("conditions"),
+            [
+                Condition("Ready", False, "InvalidSpec", message),
+                Condition("Stalled", True, "InvalidSpec", message),
+                Condition("Reconciling", False, "InvalidSpec"),
+            ],
+            now=timestamp(now),
+            generation=generation,
+        ),
+    }
+
+
+def reconcile(
+    kube: Kube, config: OperatorConfig, body: dict[str, Any], now: dt.datetime
+) -> PassResult:
+    """Bring the children of the ModelDeployment `body` to the planned state and write status."""
+    started = time.monotonic()
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        md = parse_model_deployment(body)
+    except InvalidModelDeployment as error:
+        log.warning("cannot read %s/%s: %s", namespace, name, error)
+        patch = status_patch(body.get("status"), invalid_status(body, error, now))
+        if patch:
+            kube.patch_status(namespace, name, patch)
+        return PassResult(Plan(), patch is not None, time.monotonic() - started)
+
+    observed = read_observed(kube, namespace, name)
+    result = plan(md, observed, now, config)
+    for obj in result.apply:
+        log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
+        kube.apply(obj)
+    for ref in result.delete:
+        log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
+        kube.delete(ref.api_version, ref.kind, namespace, ref.name)
+    patch = status_patch(body.get("status"), result.status)
+    if patch is not None:
+        kube.patch_status(namespace, name, patch)
+    return PassResult(result, patch is not None, time.monotonic() - started)
