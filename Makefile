@@ -49,6 +49,17 @@ test: venv $(if $(KUBECONFIG),,control-plane) ## Run every test tier (unit, serv
 test-unit: venv ## Run the fast tests that need no cluster and no network.
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+##@ API
+CRD_FILE := crds/modeldeploy.io_modeldeployments.yaml
+
+.PHONY: crds
+crds: venv ## Generate the ModelDeployment CRD from the pydantic models (operator/modeldeploy/api).
+	$(PY) -m modeldeploy.api.crd $(CRD_FILE)
+
+.PHONY: check-crds
+check-crds: venv ## Fail with a diff when the committed CRD differs from the generated one.
+	$(PY) -m modeldeploy.api.crd --check $(CRD_FILE)
+
 ##@ Benchmarks
 .PHONY: bench-control-plane
 bench-control-plane: venv control-plane ## Time warm starts of the embedded control plane; writes docs/benchmarks.md.

@@ -315,6 +315,8 @@ class LocalCluster:
                 # Faster feedback than the 15 s default; HPAs here have no metrics API behind them.
                 "--horizontal-pod-autoscaler-sync-period=5s",
                 "--concurrent-gc-syncs=5",
+                # The legacy Endpoints API refuses loopback pod IPs; EndpointSlices carry them.
+                "--controllers=*,-endpoints-controller",
             ],
         )
         scheduler = self._spawn(

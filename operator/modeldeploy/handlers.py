@@ -6,12 +6,15 @@ once, and status follows pod readiness without waiting for the timer).
 
 kopf's own bookkeeping (progress, diff-base) lives under `status.kopf`, never in annotations: a
 GitOps tool compares metadata and spec with Git, and an annotation that changes on every pass
-would make Argo CD or Flux report drift. With only optional delete handlers there is no
-finalizer either, so `kubectl delete` never hangs on a stopped operator.
+would make Argo CD or Flux report drift. There is no finalizer either — children go with their
+owner through garbage collection — so `kubectl delete` never hangs on a stopped operator. That is
+why the periodic pass is our own thread and not a kopf timer: kopf puts a finalizer on every
+object that has a timer.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import datetime as dt
 import logging
@@ -23,7 +26,7 @@ from typing import Any, cast
 import kopf
 from prometheus_client import start_http_server
 
-from .api import GROUP, PLURAL, VERSION
+from .api import GROUP, KIND, PLURAL, VERSION
 from .config import OperatorConfig
 from .kube import Kube
 from .metrics import OperatorMetrics
@@ -44,6 +47,7 @@ class Runtime:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     kube: Kube | None = None
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,13 +69,21 @@ class Runtime:
             self.metrics.by_phase.labels(phase=value).set(count)
 
 
-def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult:
-    """Reconcile `body` once, with metrics and Events; re-raises so kopf retries with backoff."""
+def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult | None:
+    """Reconcile the ModelDeployment once, with metrics and Events; re-raises so kopf retries.
+
+    The object is read again under the lock: the body a handler was given may predate the status
+    another trigger's pass just wrote, and planning from stale status repeats transitions.
+    """
     assert runtime.kube is not None
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    key = (namespace, name)
     with runtime.lock(key), runtime.metrics.reconcile_seconds.time():
         try:
-            result = reconcile(runtime.kube, runtime.config, body, runtime.clock())
+            fresh = runtime.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None
+            result = reconcile(runtime.kube, runtime.config, fresh, runtime.clock())
         except Exception:
             runtime.metrics.reconciles.labels(trigger=trigger, result="error").inc()
             raise
@@ -79,7 +91,7 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
     runtime.record_phase(key, result.plan.status.get("phase"))
     for event in result.events:
         kopf.event(
-            kopf.Body(cast(kopf.RawBody, body)),
+            kopf.Body(cast(kopf.RawBody, fresh)),
             type=event.type,
             reason=event.reason,
             message=event.message,
@@ -91,6 +103,27 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
             "written" if result.status_written else "unchanged", result.seconds * 1000,
         )  # fmt: skip
     return result
+
+
+def resync_forever(runtime: Runtime) -> None:
+    """The periodic level-based pass: every resync period, reconcile every ModelDeployment we
+    watch, so drift that raised no event (or an event we missed) is still repaired."""
+    assert runtime.kube is not None
+    while not runtime.stop.wait(runtime.config.resync_seconds):
+        try:
+            bodies = runtime.kube.list_model_deployments(runtime.config.namespaces)
+        except Exception:
+            log.exception("resync: listing ModelDeployments failed")
+            continue
+        for body in bodies:
+            try:
+                run_pass(runtime, body, "timer")
+            except Exception:
+                log.exception(
+                    "resync of %s/%s failed",
+                    body["metadata"].get("namespace"),
+                    body["metadata"].get("name"),
+                )
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -124,6 +157,15 @@ def register(
         if serve_metrics:
             start_http_server(runtime.config.metrics_port, registry=runtime.metrics.registry)
             log.info("metrics on :%d/metrics", runtime.config.metrics_port)
+        # Copy kopf's context into the thread so that kopf.event() can post from it.
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(resync_forever, runtime), name="resync", daemon=True
+        ).start()
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_: Any) -> None:
+        runtime.stop.set()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -142,15 +184,6 @@ def register(
     def on_update(body: kopf.Body, **_: Any) -> None:
         run_pass(runtime, _plain(body), "update")
 
-    @kopf.timer(
-        *md,
-        registry=registry,
-        interval=runtime.config.resync_seconds,
-        initial_delay=runtime.config.resync_seconds,
-    )
-    def on_timer(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _plain(body), "timer")
-
     @kopf.on.delete(*md, registry=registry, optional=True)
     def on_delete(body: kopf.Body, **_: Any) -> None:
         # Children go with their owner through garbage collection; only forget the object here.
@@ -161,10 +194,7 @@ def register(
         owner, namespace = labels.get(OWNER), body.get("metadata", {}).get("namespace")
         if not owner or runtime.kube is None or type is None:
             return  # type None: the initial listing, which resume handlers already cover
-        owner_body = runtime.kube.get(f"{GROUP}/{VERSION}", "ModelDeployment", namespace, owner)
-        if owner_body is None or owner_body["metadata"].get("deletionTimestamp"):
-            return
-        run_pass(runtime, owner_body, "child")
+        run_pass(runtime, {"metadata": {"namespace": namespace, "name": owner}}, "child")
 
     child_labels: dict[str, Any] = {MANAGED_BY: MANAGER, OWNER: kopf.PRESENT}
     for group, version, plural in (*CHILD_RESOURCES, HPA_RESOURCE):

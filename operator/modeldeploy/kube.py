@@ -66,7 +66,9 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        if method != "GET":
+        if method == "GET":
+            self.metrics.api_reads.inc()
+        else:
             self.metrics.api_writes.labels(verb=method.lower()).inc()
         method_, url, headers, payload, post = self.api.param_serialize(
             method,
@@ -82,7 +84,7 @@ class Kube:
             raise ApiException(status=response.status, reason=response.reason, body=data)
         return json.loads(data) if data else {}
 
-    def list(
+    def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:
         path = collection_path(api_version, kind, namespace)
@@ -91,6 +93,19 @@ class Kube:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def list_model_deployments(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every ModelDeployment in `namespaces`, or in the whole cluster when it is empty."""
+        if not namespaces:
+            found = self._call("GET", "/apis/modeldeploy.io/v1alpha1/modeldeployments")
+            return list(found.get("items", []))
+        return [
+            item
+            for namespace in namespaces
+            for item in self._call(
+                "GET", collection_path("modeldeploy.io/v1alpha1", "ModelDeployment", namespace)
+            ).get("items", [])
+        ]
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -113,6 +128,15 @@ class Kube:
             body=obj,
             content_type="application/apply-patch+yaml",
         )
+
+    def merge_patch(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch with `obj`: lists are replaced whole, unlike server-side apply."""
+        meta = obj["metadata"]
+        path = (
+            f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+        )
+        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+        return self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:

@@ -27,6 +27,10 @@ class OperatorMetrics:
             f"{PREFIX}_api_writes_total", "Write calls made to the Kubernetes API, by verb.",
             ["verb"], registry=r,
         )  # fmt: skip
+        self.api_reads = Counter(
+            f"{PREFIX}_api_reads_total", "Read calls (get, list) made to the Kubernetes API.",
+            registry=r,
+        )  # fmt: skip
         self.by_phase = Gauge(
             f"{PREFIX}_modeldeployments", "ModelDeployments by phase, as last reconciled.",
             ["phase"], registry=r,

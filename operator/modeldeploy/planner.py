@@ -131,7 +131,9 @@ def plan(md: ModelDeployment, observed: Observed, now: dt.datetime, config: Oper
         for obj in desired
         if not matches(obj, observed.named(obj["kind"], obj["metadata"]["name"]))
     ]
-    status, events = plan_status(md, observed, now, config, serving, desired_revision)
+    # A child about to change is not "done", whatever its status says now.
+    changing = {obj["metadata"]["name"] for obj in to_apply if obj["kind"] == "Deployment"}
+    status, events = plan_status(md, observed, now, config, serving, desired_revision, changing)
     return Plan(apply=to_apply, delete=delete, status=status, events=events)
 
 
@@ -142,6 +144,7 @@ def plan_status(
     config: OperatorConfig,
     serving: str,
     desired_revision: str,
+    changing: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[Event]]:
     """The status to write and the Events that announce what changed since the last one."""
     previous = md.status
@@ -150,7 +153,12 @@ def plan_status(
     replicas = sum(total_replicas(d) for d in observed.deployments)
     ready = sum(ready_replicas(d) for d in observed.deployments)
     stuck = progress_deadline_exceeded(current)
-    done = serving == desired_revision and rolled_out(current)
+    done = (
+        serving == desired_revision
+        and rolled_out(current)
+        and current is not None
+        and current["metadata"]["name"] not in changing
+    )
     events: list[Event] = []
 
     if done:

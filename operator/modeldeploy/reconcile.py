@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from .api import InvalidModelDeployment, parse_model_deployment
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
@@ -40,9 +42,9 @@ class PassResult:
 def read_observed(kube: Kube, namespace: str, name: str) -> Observed:
     selector = owned_selector(name)
     return Observed(
-        deployments=kube.list("apps/v1", "Deployment", namespace, selector),
-        services=kube.list("v1", "Service", namespace, selector),
-        hpas=kube.list("autoscaling/v2", "HorizontalPodAutoscaler", namespace, selector),
+        deployments=kube.list_objects("apps/v1", "Deployment", namespace, selector),
+        services=kube.list_objects("v1", "Service", namespace, selector),
+        hpas=kube.list_objects("autoscaling/v2", "HorizontalPodAutoscaler", namespace, selector),
     )
 
 
@@ -56,6 +58,26 @@ def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dic
     for key in current.keys() - desired.keys():
         patch[key] = None
     return patch
+
+
+def apply_child(kube: Kube, obj: dict[str, Any]) -> None:
+    """Server-side apply; if a hand edit left list entries that make the result invalid, replace.
+
+    Example: someone changed the Service port 80 → 81. Apply merges list entries by key, so our
+    port 80 would sit beside their 81 with the same name, and the API server refuses that (422).
+    A merge patch replaces the list whole; applying again re-establishes our field ownership.
+    """
+    try:
+        kube.apply(obj)
+    except ApiException as error:
+        if error.status != 422:
+            raise
+        log.warning(
+            "apply of %s %s was refused (%s); replacing the drifted fields",
+            obj["kind"], obj["metadata"]["name"], error.reason,
+        )  # fmt: skip
+        kube.merge_patch(obj)
+        kube.apply(obj)
 
 
 def invalid_status(
@@ -101,7 +123,7 @@ def reconcile(
     result = plan(md, observed, now, config)
     for obj in result.apply:
         log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
-        kube.apply(obj)
+        apply_child(kube, obj)
     for ref in result.delete:
         log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
         kube.delete(ref.api_version, ref.kind, namespace, ref.name)

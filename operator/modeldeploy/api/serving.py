@@ -1,0 +1,264 @@
+"""``spec.serving``: how the pods run the shared serving image. Part of the revision."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from .rules import ApiModel, Rule, Rules
+from .types import (
+    ENV_VAR_NAME,
+    LABEL_VALUE,
+    QUALIFIED_NAME,
+    LabelValue,
+    ObjectName,
+    Quantity,
+    parse_quantity,
+)
+
+RESERVED_LABEL_PREFIX = "modeldeploy.io/"
+"""Pod labels and annotations under this prefix belong to the operator (selectors, revision)."""
+
+
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
+
+
+class ImagePullPolicy(StrEnum):
+    """When the kubelet pulls the serving image."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class ResourceRequests(ApiModel):
+    """Resources the scheduler reserves for each serving container."""
+
+    cpu: Quantity = Field(
+        default=DEFAULT_REQUESTS["cpu"],
+        description="CPU request, in cores or millicores (500m = half a core).",
+    )
+    memory: Quantity = Field(
+        default=DEFAULT_REQUESTS["memory"],
+        description="Memory request in bytes or with a unit (512Mi, 2Gi).",
+    )
+
+
+class ResourceLimits(ApiModel):
+    """Upper bounds for each serving container. Unset fields mean no limit."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU limit (throttled above it).")
+    memory: Quantity | None = Field(
+        default=None, description="Memory limit (the container is OOM-killed above it)."
+    )
+
+
+def _not_above(request: int | str | None, limit: int | str | None) -> bool:
+    return request is None or limit is None or parse_quantity(request) <= parse_quantity(limit)
+
+
+def _quantity_rule(name: str) -> Rule:
+    """requests.<name> ≤ limits.<name>, as Pod validation requires; checked here to fail at apply.
+
+    The message names the defaults: a small limit alone can conflict with the default request.
+    """
+    req, lim = f"self.requests.{name}", f"self.limits.{name}"
+    return Rule(
+        cel=(
+            f"!has(self.requests) || !has(self.limits) || !has({req}) || !has({lim})"
+            f" || !isQuantity(string({req})) || !isQuantity(string({lim}))"
+            f" || quantity(string({req})).compareTo(quantity(string({lim}))) <= 0"
+        ),
+        message=(
+            f"requests.{name} must not exceed limits.{name} (requests default to "
+            f"{DEFAULT_REQUESTS['cpu']} CPU and {DEFAULT_REQUESTS['memory']} memory)"
+        ),
+        check=lambda r: _not_above(getattr(r.requests, name), getattr(r.limits, name)),
+        field_path=f".requests.{name}",
+    )
+
+
+class Resources(ApiModel):
+    """CPU and memory for each serving container."""
+
+    requests: ResourceRequests = Field(
+        default_factory=ResourceRequests,
+        description="Reserved resources.",
+    )
+    limits: ResourceLimits = Field(
+        default_factory=ResourceLimits, description="Resource limits. Unset: no limits."
+    )
+
+    __rules__ = (_quantity_rule("cpu"), _quantity_rule("memory"))
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the serving container."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256, pattern=ENV_VAR_NAME)] = Field(
+        description="Variable name."
+    )
+    value: Annotated[str, Field(max_length=4096)] = Field(default="", description="Variable value.")
+
+
+class Toleration(ApiModel):
+    """Lets the pods schedule onto nodes with a matching taint (as in a Pod's tolerations)."""
+
+    key: Annotated[str, Field(max_length=316)] | None = Field(
+        default=None,
+        description="Taint key to match; empty with operator Exists matches all taints.",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Exists or Equal (key and value must match)."
+    )
+    value: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None, description="Taint value to match with operator Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None,
+        description="NoSchedule, PreferNoSchedule or NoExecute; unset matches all effects.",
+    )
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the ModelDeployment's namespace."""
+
+    name: ObjectName = Field(description="Secret name.")
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern="^[-._a-zA-Z0-9]+$")] = Field(
+        default="token", description="Key within the Secret."
+    )
+
+
+class SecretRef(ApiModel):
+    """A Secret in the ModelDeployment's namespace."""
+
+    name: ObjectName = Field(description="Secret name.")
+
+
+def _unique_env_names(env: list[EnvVar]) -> list[EnvVar]:
+    """The API server refuses duplicates through the list's map key; this mirrors it."""
+    seen: set[str] = set()
+    for var in env:
+        if var.name in seen:
+            raise ValueError(f"duplicate env name {var.name!r}: env names must be unique")
+        seen.add(var.name)
+    return env
+
+
+def _label_key_rules(what: str) -> Rules:
+    """Keys must be valid qualified names and outside the operator's reserved prefix."""
+    return Rules(
+        Rule(
+            cel=f"self.all(k, k.matches('{QUALIFIED_NAME}'))",
+            message=(
+                f"{what} keys must be qualified names such as team or example.com/team "
+                "(at most 63 characters after an optional DNS prefix)"
+            ),
+            check=lambda d: all(re.fullmatch(QUALIFIED_NAME, k) for k in d),
+        ),
+        Rule(
+            cel=f"self.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+            message=f"{what} keys under {RESERVED_LABEL_PREFIX} are reserved for the operator",
+            check=lambda d: not any(k.startswith(RESERVED_LABEL_PREFIX) for k in d),
+        ),
+    )
+
+
+class Serving(ApiModel):
+    """The serving pods: image, resources, placement, auth and batching."""
+
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern="^[!-~]+$")] | None = Field(
+        default=None,
+        description="Serving image reference. Unset: the image the operator is configured with.",
+    )
+    image_pull_policy: ImagePullPolicy = Field(
+        default=ImagePullPolicy.IF_NOT_PRESENT,
+        description="When to pull the image: Always, IfNotPresent or Never.",
+    )
+    port: int = Field(
+        default=8080,
+        ge=1024,
+        le=65535,
+        description=(
+            "Container port for inference, health and /metrics. At least 1024 because the pods "
+            "run as a non-root user."
+        ),
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server worker processes per pod (each loads the model).",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="CPU and memory requests and limits per pod."
+    )
+    env: Annotated[list[EnvVar], Field(max_length=64), AfterValidator(_unique_env_names)] = Field(
+        default_factory=list,
+        description="Extra environment variables for the serving container; names must be unique.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    node_selector: Annotated[dict[str, LabelValue], Field(max_length=32)] = Field(
+        default_factory=dict, description="Node labels the pods must run on."
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
+        default_factory=list, description="Taints the pods tolerate."
+    )
+    pod_labels: Annotated[
+        dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]],
+        Field(max_length=32),
+        _label_key_rules("podLabels"),
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "Extra labels on the serving pods (not used in selectors). Keys under modeldeploy.io/ "
+            "are reserved."
+        ),
+    )
+    pod_annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=4096)]],
+        Field(max_length=32),
+        _label_key_rules("podAnnotations"),
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "Extra annotations on the serving pods. Keys under modeldeploy.io/ are reserved."
+        ),
+    )
+    auth_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Require a bearer token on inference endpoints: the token is the value at this Secret "
+            "key (key defaults to token). Health and metrics endpoints stay open. Unset: no auth."
+        ),
+    )
+    storage_secret_ref: SecretRef | None = Field(
+        default=None,
+        description=(
+            "Secret whose keys become environment variables for fetching the artifact, e.g. "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for s3, or "
+            "GOOGLE_APPLICATION_CREDENTIALS_JSON for gs."
+        ),
+    )
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Most requests merged into one model call; 1 disables batching.",
+    )
+    max_batch_wait_ms: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description=(
+            "Longest a request waits for others to join its batch, in milliseconds. The server "
+            "only waits while there is concurrent load, so single requests are not delayed."
+        ),
+    )
