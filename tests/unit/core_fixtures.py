@@ -1,0 +1,48 @@
+"""Builders of ModelDeployments and observed children for the pure-core tables."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from modeldeploy.api import ModelDeployment, parse_model_deployment
+
+BASE: dict[str, Any] = {
+    "apiVersion": "modeldeploy.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"name": "fraud", "namespace": "ml", "uid": "uid-1", "generation": 1},
+    "spec": {"model": {"uri": "s3://models/fraud/v7/model.joblib", "format": "sklearn"}},
+}
+
+
+def make_md(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, **meta: Any
+) -> ModelDeployment:
+    body = copy.deepcopy(BASE)
+    for key, value in (spec or {}).items():
+        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
+            body["spec"][key] = {**body["spec"][key], **value}
+        else:
+            body["spec"][key] = value
+    body["metadata"].update(meta)
+    if status:
+        body["status"] = status
+    return parse_model_deployment(body)
+
+
+def observed_deployment(
+    obj: dict[str, Any], ready: int | None = None, generation: int = 1
+) -> dict[str, Any]:
+    """A Deployment as the API server would return it after the controller caught up."""
+    out = copy.deepcopy(obj)
+    replicas = obj["spec"].get("replicas", 1)
+    ready = replicas if ready is None else ready
+    out["metadata"].update(generation=generation, creationTimestamp="2026-11-27T10:00:00Z")
+    out["spec"].setdefault("replicas", replicas)
+    out["status"] = {
+        "observedGeneration": generation,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": ready,
+    }
+    return out

@@ -1,0 +1,154 @@
+"""The planner as worked examples: (spec, observed children, status so far) → writes and status."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from core_fixtures import make_md, observed_deployment
+from modeldeploy.children import build_deployment, build_hpa, build_service
+from modeldeploy.config import OperatorConfig
+from modeldeploy.naming import REVISION
+from modeldeploy.observed import Observed
+from modeldeploy.planner import plan
+from modeldeploy.revision import revision_of
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+CONFIG = OperatorConfig(serving_image="img:1")
+V8 = {"model": {"uri": "s3://models/fraud/v8/model.joblib", "version": "v8"}}
+
+
+def rev(md) -> str:
+    return revision_of(md.spec, "img:1")
+
+
+def pinned_service(md, revision: str) -> dict:
+    service = build_service(md)
+    service["spec"]["selector"][REVISION] = revision
+    return service
+
+
+def expect(ready=0, progressing=0, degraded=0, reconciling=0, stalled=0) -> dict[str, str]:
+    flags = {"Ready": ready, "Progressing": progressing, "Degraded": degraded}
+    flags |= {"Reconciling": reconciling, "Stalled": stalled}
+    return {k: "True" if v else "False" for k, v in flags.items()}
+
+
+def conditions(status: dict) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def test_first_pass_creates_deployment_and_service_and_is_pending():
+    md = make_md({"scaling": {"replicas": 2}})
+    result = plan(md, Observed(), NOW, CONFIG)
+    assert [o["kind"] for o in result.apply] == ["Deployment", "Service"]
+    assert result.apply[1]["spec"]["selector"][REVISION] == rev(md)
+    assert result.delete == []
+    assert result.status["phase"] == "Pending"
+    assert conditions(result.status) == expect(ready=0, progressing=1, degraded=0, reconciling=1)
+    assert [e.reason for e in result.events] == ["RevisionCreated"]
+
+
+def test_rolled_out_children_make_no_writes_and_report_ready():
+    md = make_md({"scaling": {"replicas": 2}})
+    r = rev(md)
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(md, r, "img:1", 2))],
+        services=[pinned_service(md, r)],
+    )
+    result = plan(md, observed, NOW, CONFIG)
+    assert result.writes == 0
+    assert result.status["phase"] == "Ready"
+    assert (result.status["readyReplicas"], result.status["stableRevision"]) == (2, r)
+    assert conditions(result.status)["Ready"] == "True"
+    assert [e.reason for e in result.events] == ["RevisionReady"]
+
+
+def test_model_change_brings_up_the_new_revision_while_the_old_serves():
+    old_md = make_md({"scaling": {"replicas": 2}})
+    old = rev(old_md)
+    md = make_md(
+        {"scaling": {"replicas": 2}, **V8}, status={"stableRevision": old, "phase": "Ready"}
+    )
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 2))],
+        services=[pinned_service(old_md, old)],
+    )
+    result = plan(md, observed, NOW, CONFIG)
+    applied = {o["metadata"]["name"] for o in result.apply}
+    assert f"fraud-{rev(md)}" in applied
+    assert result.delete == []
+    assert result.status["phase"] == "Progressing"
+    assert result.status["stableRevision"] == old
+    assert conditions(result.status)["Ready"] == "True", "the old revision still serves"
+
+
+def test_new_revision_ready_switches_the_service_and_retires_the_old():
+    old_md = make_md({"scaling": {"replicas": 2}})
+    old = rev(old_md)
+    md = make_md({"scaling": {"replicas": 2}, **V8}, status={"stableRevision": old})
+    new = rev(md)
+    observed = Observed(
+        deployments=[
+            observed_deployment(build_deployment(old_md, old, "img:1", 2)),
+            observed_deployment(build_deployment(md, new, "img:1", 2)),
+        ],
+        services=[pinned_service(old_md, old)],
+    )
+    result = plan(md, observed, NOW, CONFIG)
+    assert [(o["kind"], o["spec"]["selector"][REVISION]) for o in result.apply] == [
+        ("Service", new)
+    ]
+    assert [d.name for d in result.delete] == [f"fraud-{old}"]
+    assert result.status["phase"] == "Ready" and result.status["stableVersion"] == "v8"
+
+
+def test_first_deploy_past_its_progress_deadline_is_degraded_and_stalled():
+    md = make_md()
+    r = rev(md)
+    stuck = observed_deployment(build_deployment(md, r, "img:1", 1), ready=0)
+    stuck["status"]["conditions"] = [
+        {
+            "type": "Progressing",
+            "status": "False",
+            "reason": "ProgressDeadlineExceeded",
+            "message": "timed out",
+        }
+    ]
+    result = plan(md, Observed(deployments=[stuck], services=[pinned_service(md, r)]), NOW, CONFIG)
+    assert result.status["phase"] == "Degraded"
+    assert conditions(result.status) == expect(ready=0, progressing=0, degraded=1, stalled=1)
+    assert [e.reason for e in result.events] == ["ProgressDeadlineExceeded"]
+
+
+def test_autoscaling_adds_an_hpa_and_dropping_it_deletes_the_hpa():
+    md = make_md({"scaling": {"minReplicas": 2, "maxReplicas": 4}})
+    r = rev(md)
+    result = plan(md, Observed(), NOW, CONFIG)
+    assert "HorizontalPodAutoscaler" in [o["kind"] for o in result.apply]
+    assert "replicas" not in result.apply[0]["spec"]
+
+    fixed = make_md({"scaling": {"replicas": 2}})
+    hpa = build_hpa(md, f"fraud-{r}")
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(fixed, r, "img:1", 2))],
+        services=[pinned_service(fixed, r)],
+        hpas=[hpa] if hpa else [],
+    )
+    assert [d.kind for d in plan(fixed, observed, NOW, CONFIG).delete] == [
+        "HorizontalPodAutoscaler"
+    ]
+
+
+def test_status_is_stable_across_passes():
+    """Two passes over the same world produce the same status: no write on the second."""
+    md = make_md()
+    r = rev(md)
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(md, r, "img:1", 1))],
+        services=[pinned_service(md, r)],
+    )
+    first = plan(md, observed, NOW, CONFIG)
+    again = make_md(status=first.status)
+    second = plan(again, observed, NOW + dt.timedelta(minutes=5), CONFIG)
+    assert second.status == first.status
+    assert second.events == []
