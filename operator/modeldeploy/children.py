@@ -45,7 +45,9 @@ def owner_reference(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def _metadata(md: ModelDeployment, name: str, extra_labels: dict[str, str] | None = None) -> dict:
+def child_metadata(
+    md: ModelDeployment, name: str, extra_labels: dict[str, str] | None = None
+) -> dict:
     assert md.metadata.name is not None
     return {
         "name": name,
@@ -232,7 +234,7 @@ def build_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(
+        "metadata": child_metadata(
             md, deployment_name(md.metadata.name, revision), {REVISION: revision}
         ),
         "spec": spec,
@@ -246,7 +248,7 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(md, service_name(md.metadata.name)),
+        "metadata": child_metadata(md, service_name(md.metadata.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(md.metadata.name),
@@ -297,7 +299,7 @@ def build_hpa(md: ModelDeployment, target_deployment: str) -> dict[str, Any] | N
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(md, hpa_name(md.metadata.name)),
+        "metadata": child_metadata(md, hpa_name(md.metadata.name)),
         "spec": {
             "scaleTargetRef": {
                 "apiVersion": "apps/v1",

@@ -14,27 +14,29 @@ object that has a timer.
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from .api import GROUP, KIND, PLURAL, VERSION
 from .config import OperatorConfig
+from .evidence import Snapshots
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .naming import MANAGED_BY, MANAGER, OWNER
 from .reconcile import PassResult, reconcile
 
 log = logging.getLogger("modeldeploy")
-CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"))
+TICK_SECONDS = 0.5
+CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"))
 HPA_RESOURCE = ("autoscaling", "v2", "horizontalpodautoscalers")
 
 
@@ -48,6 +50,9 @@ class Runtime:
     kube: Kube | None = None
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
+    snapshots: Snapshots = field(default_factory=dict)
+    # (namespace, name) -> monotonic time a canary's next analysis or step is due.
+    due: dict[tuple[str, str], float] = field(default_factory=dict)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,19 +88,30 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
             fresh = runtime.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return None
-            result = reconcile(runtime.kube, runtime.config, fresh, runtime.clock())
+            result = reconcile(
+                runtime.kube, runtime.config, fresh, runtime.clock(), runtime.snapshots
+            )
         except Exception:
             runtime.metrics.reconciles.labels(trigger=trigger, result="error").inc()
             raise
     runtime.metrics.reconciles.labels(trigger=trigger, result="ok").inc()
     runtime.record_phase(key, result.plan.status.get("phase"))
+    if result.plan.requeue_after is None:
+        runtime.due.pop(key, None)
+    else:
+        runtime.due[key] = time.monotonic() + result.plan.requeue_after
+    weight = result.plan.status.get("effectiveWeight")
+    runtime.metrics.canary_weight.labels(namespace=namespace, name=name).set(weight or 0)
     for event in result.events:
-        kopf.event(
-            kopf.Body(cast(kopf.RawBody, fresh)),
-            type=event.type,
-            reason=event.reason,
-            message=event.message,
-        )
+        if event.reason == "RolledBack":
+            reason = result.plan.status.get("lastRollback", {}).get("check", "unknown")
+            runtime.metrics.rollbacks.labels(reason=reason).inc()
+    stamp = runtime.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+    for event in result.events:
+        try:
+            runtime.kube.post_event(fresh, event.type, event.reason, event.message, stamp)
+        except Exception:  # an Event is a courtesy; losing one must not fail the pass
+            log.warning("could not post event %s on %s/%s", event.reason, *key)
     if result.plan.writes or result.status_written:
         log.info(
             "reconciled %s/%s (%s): %d applied, %d deleted, status %s, %.0f ms",
@@ -107,23 +123,29 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
 
 def resync_forever(runtime: Runtime) -> None:
     """The periodic level-based pass: every resync period, reconcile every ModelDeployment we
-    watch, so drift that raised no event (or an event we missed) is still repaired."""
+    watch, so drift that raised no event (or an event we missed) is still repaired. In between,
+    canaries are reconciled when their next analysis or step is due."""
     assert runtime.kube is not None
-    while not runtime.stop.wait(runtime.config.resync_seconds):
-        try:
-            bodies = runtime.kube.list_model_deployments(runtime.config.namespaces)
-        except Exception:
-            log.exception("resync: listing ModelDeployments failed")
-            continue
-        for body in bodies:
+    next_full = time.monotonic() + runtime.config.resync_seconds
+    while not runtime.stop.wait(TICK_SECONDS):
+        now = time.monotonic()
+        if now >= next_full:
+            next_full = now + runtime.config.resync_seconds
             try:
-                run_pass(runtime, body, "timer")
+                bodies = runtime.kube.list_model_deployments(runtime.config.namespaces)
             except Exception:
-                log.exception(
-                    "resync of %s/%s failed",
-                    body["metadata"].get("namespace"),
-                    body["metadata"].get("name"),
-                )
+                log.exception("resync: listing ModelDeployments failed")
+                continue
+            keys = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies]
+            trigger = "timer"
+        else:
+            keys = [key for key, due in list(runtime.due.items()) if due <= now]
+            trigger = "requeue"
+        for namespace, name in keys:
+            try:
+                run_pass(runtime, {"metadata": {"namespace": namespace, "name": name}}, trigger)
+            except Exception:
+                log.exception("%s pass of %s/%s failed", trigger, namespace, name)
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -157,11 +179,7 @@ def register(
         if serve_metrics:
             start_http_server(runtime.config.metrics_port, registry=runtime.metrics.registry)
             log.info("metrics on :%d/metrics", runtime.config.metrics_port)
-        # Copy kopf's context into the thread so that kopf.event() can post from it.
-        context = contextvars.copy_context()
-        threading.Thread(
-            target=context.run, args=(resync_forever, runtime), name="resync", daemon=True
-        ).start()
+        threading.Thread(target=resync_forever, args=(runtime,), name="resync", daemon=True).start()
 
     @kopf.on.cleanup(registry=registry)
     def cleanup(**_: Any) -> None:

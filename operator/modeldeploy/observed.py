@@ -20,6 +20,7 @@ class Observed:
     services: list[dict[str, Any]] = field(default_factory=list)
     hpas: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[dict[str, Any]] = field(default_factory=list)
 
     def deployment_for(self, revision: str) -> dict[str, Any] | None:
         for deployment in self.deployments:
@@ -44,8 +45,12 @@ class Observed:
             "Deployment": self.deployments,
             "Service": self.services,
             "HorizontalPodAutoscaler": self.hpas,
+            "HTTPRoute": self.routes,
         }[kind]
         return next((o for o in pool if o["metadata"]["name"] == name), None)
+
+    def pods_of(self, revision: str) -> list[dict[str, Any]]:
+        return [p for p in self.pods if p["metadata"].get("labels", {}).get(REVISION) == revision]
 
 
 def ready_replicas(deployment: dict[str, Any] | None) -> int:

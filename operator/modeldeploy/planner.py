@@ -1,12 +1,10 @@
-"""The pure core: from (ModelDeployment, observed children, now) to a plan of writes and a status.
+"""The pure core: from (ModelDeployment, observed children, evidence, now) to a plan of writes and
+a status. Nothing here talks to the cluster or reads a clock; `reconcile` executes the plan.
 
-Nothing here talks to the cluster or reads a clock; `reconcile` executes the plan. Each pass is
-level-based: it looks only at the spec, the status it wrote last time and what exists now, so a
-restarted operator continues where the last one stopped.
-
-Traffic with the default replica router flows through one Service. Its selector is the switch:
-pinned to one revision (`modeldeploy.io/revision: <rev>`) it sends everything there; without the
-pin it spreads requests over every revision's ready pods.
+Each pass is level-based: it looks only at the spec, the status it wrote last time and what
+exists now, so a restarted operator continues where the last one stopped, without a traffic jump.
+`rollout.next_state` decides which revisions serve and at what weight; this module turns that
+into Deployments, Services, an HPA or HTTPRoute, deletions and the status.
 """
 
 from __future__ import annotations
@@ -15,12 +13,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ModelDeployment, Phase
-from .children import build_deployment, build_hpa, build_service, model_url, resolve_image
+from .api import ModelDeployment, Phase, Router, parse_duration
+from .children import build_deployment, build_hpa, model_url, resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
 from .diff import matches
-from .naming import REVISION, deployment_name
+from .naming import deployment_name
 from .observed import (
     Observed,
     progress_deadline_exceeded,
@@ -28,21 +26,21 @@ from .observed import (
     rolled_out,
     total_replicas,
 )
+from .planner_types import ChildRef, Event
 from .revision import revision_of
+from .rollout import Evidence, RolloutState, next_state, parse_time, stamp
+from .traffic import (
+    build_http_route,
+    build_services,
+    effective_weight,
+    gateway_split,
+    replica_split,
+    weight_summary,
+)
 
+__all__ = ["ChildRef", "Event", "Plan", "plan", "timestamp"]
 
-@dataclass(frozen=True)
-class ChildRef:
-    api_version: str
-    kind: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+timestamp = stamp
 
 
 @dataclass
@@ -53,197 +51,332 @@ class Plan:
     delete: list[ChildRef] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # Come back this soon (seconds) even if nothing changes: an analysis or a step is due.
+    requeue_after: float | None = None
 
     @property
     def writes(self) -> int:
         return len(self.apply) + len(self.delete)
 
 
-def timestamp(now: dt.datetime) -> str:
-    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _stable_replicas(md: ModelDeployment, observed: Observed, stable: str) -> int:
+    """The stable size the canary is measured against: the HPA's choice when it is in charge."""
+    plan = md.spec.scaling.autoscaling_plan()
+    if plan is None:
+        return md.spec.scaling.fixed_replicas()
+    deployment = observed.deployment_for(stable)
+    current = (deployment or {}).get("spec", {}).get("replicas")
+    return int(current) if current is not None else plan.min_replicas
 
 
-def _pin(service: dict[str, Any], revision: str) -> dict[str, Any]:
-    service["spec"]["selector"] = {**service["spec"]["selector"], REVISION: revision}
-    return service
+def _others_own_replicas(deployment: dict[str, Any] | None) -> bool:
+    """True when another field manager (the HPA) also owns spec.replicas.
+
+    Server-side apply deletes a field its only owner stops sending; so we stop sending replicas
+    for an HPA-scaled Deployment only once the HPA co-owns them, or the count would drop to 1.
+    """
+    for entry in (deployment or {}).get("metadata", {}).get("managedFields", []) or []:
+        if entry.get("manager") == "modeldeploy":
+            continue
+        if "f:replicas" in entry.get("fieldsV1", {}).get("f:spec", {}):
+            return True
+    return False
+
+
+def _hpa_replicas(deployment: dict[str, Any] | None) -> int | None:
+    if deployment is None or _others_own_replicas(deployment):
+        return None
+    return deployment.get("spec", {}).get("replicas")
+
+
+def reapply_from_observed(deployment: dict[str, Any], replicas: int | None) -> dict[str, Any]:
+    """Our apply configuration for a revision the spec no longer describes (the stable one
+    during a canary): its template is taken from the cluster, only the size is ours to change."""
+    meta = deployment["metadata"]
+    spec = deployment["spec"]
+    out: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": meta.get("labels", {}),
+            "ownerReferences": meta.get("ownerReferences", []),
+        },
+        "spec": {"selector": spec["selector"], "template": spec["template"]},
+    }
+    if replicas is not None:
+        out["spec"]["replicas"] = replicas
+    return out
 
 
 def plan_children(
-    md: ModelDeployment, observed: Observed, config: OperatorConfig
-) -> tuple[list[dict[str, Any]], list[ChildRef], str, str]:
-    """Desired children for one revision at a time, blue/green: the new revision's Deployment
-    comes up at full size while the Service stays pinned to the old one; once every new pod is
-    ready the Service switches and the old Deployment is removed.
-
-    Returns (desired objects, children to delete, revision serving traffic, desired revision).
-    """
+    md: ModelDeployment, observed: Observed, state: RolloutState, desired: str, image: str
+) -> tuple[list[dict[str, Any]], list[ChildRef], int]:
+    """Desired children and deletions for `state`; also returns the stable size used."""
     assert md.metadata.name is not None
-    image = resolve_image(md, config)
-    desired_revision = revision_of(md.spec, image)
+    name = md.metadata.name
     autoscaling = md.spec.scaling.autoscaling
-    replicas = None if autoscaling else md.spec.scaling.fixed_replicas()
+    stable_size = _stable_replicas(md, observed, state.stable)
+    objects: list[dict[str, Any]] = []
 
-    stable = md.status.stable_revision
-    if stable is None or observed.deployment_for(stable) is None:
-        stable = desired_revision
-    new_deployment = observed.deployment_for(desired_revision)
-    switch = stable == desired_revision or rolled_out(new_deployment)
-    serving_revision = desired_revision if switch else stable
-
-    desired: list[dict[str, Any]] = [build_deployment(md, desired_revision, image, replicas)]
-    if not switch:
-        old = observed.deployment_for(stable)
-        # The old revision keeps serving at the size it has; only its ownership is refreshed.
-        assert old is not None
-        desired.append(build_deployment(md, stable, _image_of(old, image), None))
-    desired.append(_pin(build_service(md), serving_revision))
-    hpa = build_hpa(md, deployment_name(md.metadata.name, serving_revision))
+    stable_replicas = (
+        _hpa_replicas(observed.deployment_for(state.stable))
+        if autoscaling
+        else md.spec.scaling.fixed_replicas()
+    )
+    if state.stable == desired:
+        objects.append(build_deployment(md, desired, image, stable_replicas))
+    else:
+        current = observed.deployment_for(state.stable)
+        if current is not None:
+            objects.append(reapply_from_observed(current, stable_replicas))
+    if state.canary is not None:
+        split = (
+            gateway_split(state.weight, stable_size)
+            if md.spec.traffic.router == Router.GATEWAY_API
+            else replica_split(state.weight, stable_size)
+        )
+        objects.append(build_deployment(md, state.canary, image, split.canary_replicas))
+    if state.scaled_to_zero == desired and state.canary is None and desired != state.stable:
+        objects.append(build_deployment(md, desired, image, 0))
+    objects += build_services(md, state.stable, state.canary, state.weight)
+    route = build_http_route(md, state.canary, state.weight)
+    if route is not None:
+        objects.append(route)
+    hpa = build_hpa(md, deployment_name(name, state.stable))
     if hpa is not None:
-        desired.append(hpa)
+        objects.append(hpa)
 
-    keep = {deployment_name(md.metadata.name, r) for r in {desired_revision, serving_revision}}
+    keep = {deployment_name(name, r) for r in (state.stable, state.canary, state.previous) if r}
+    if state.scaled_to_zero == desired:
+        keep.add(deployment_name(name, desired))
     delete = [
         ChildRef("apps/v1", "Deployment", d["metadata"]["name"])
         for d in observed.deployments
         if d["metadata"]["name"] not in keep
+    ]
+    wanted_services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
+    delete += [
+        ChildRef("v1", "Service", s["metadata"]["name"])
+        for s in observed.services
+        if s["metadata"]["name"] not in wanted_services
     ]
     if hpa is None:
         delete += [
             ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", h["metadata"]["name"])
             for h in observed.hpas
         ]
-    return desired, delete, serving_revision, desired_revision
+    if route is None:
+        delete += [
+            ChildRef("gateway.networking.k8s.io/v1", "HTTPRoute", r["metadata"]["name"])
+            for r in observed.routes
+        ]
+    return objects, delete, stable_size
 
 
-def _image_of(deployment: dict[str, Any], default: str) -> str:
-    containers = (
-        deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+def plan(
+    md: ModelDeployment,
+    observed: Observed,
+    now: dt.datetime,
+    config: OperatorConfig,
+    evidence: Evidence | None = None,
+) -> Plan:
+    """One reconcile pass."""
+    image = resolve_image(md, config)
+    desired = revision_of(md.spec, image)
+    canary_deployment = observed.deployment_for(desired)
+    created = parse_time((canary_deployment or {}).get("metadata", {}).get("creationTimestamp"))
+    state = next_state(
+        md, desired, set(observed.revisions()), evidence or Evidence(), now, created or now
     )
-    return str(containers[0].get("image", default)) if containers else default
-
-
-def plan(md: ModelDeployment, observed: Observed, now: dt.datetime, config: OperatorConfig) -> Plan:
-    """One reconcile pass for the single-revision (blue/green) lifecycle."""
-    desired, delete, serving, desired_revision = plan_children(md, observed, config)
+    objects, delete, stable_size = plan_children(md, observed, state, desired, image)
     # Re-applying an unchanged child is still a write: only send what differs from the cluster.
     to_apply = [
         obj
-        for obj in desired
+        for obj in objects
         if not matches(obj, observed.named(obj["kind"], obj["metadata"]["name"]))
     ]
-    # A child about to change is not "done", whatever its status says now.
-    changing = {obj["metadata"]["name"] for obj in to_apply if obj["kind"] == "Deployment"}
-    status, events = plan_status(md, observed, now, config, serving, desired_revision, changing)
-    return Plan(apply=to_apply, delete=delete, status=status, events=events)
+    changing = {o["metadata"]["name"] for o in to_apply if o["kind"] == "Deployment"}
+    status = plan_status(md, observed, state, desired, now, config, changing, stable_size)
+    return Plan(
+        apply=to_apply,
+        delete=delete,
+        status=status,
+        events=state.events + _first_deploy_events(md, observed, state, desired, status),
+        requeue_after=_requeue_after(md, state, now),
+    )
+
+
+def _requeue_after(md: ModelDeployment, state: RolloutState, now: dt.datetime) -> float | None:
+    """While a canary runs (or a promoted revision is watched), come back at the next analysis
+    interval or the end of the step, whichever is sooner."""
+    if state.canary is None and state.previous is None:
+        return None
+    interval = parse_duration(md.spec.rollout.analysis.interval)
+    started = parse_time(state.step_started_at)
+    if started is None:
+        return interval
+    remaining = parse_duration(md.spec.rollout.step_duration) - (now - started).total_seconds()
+    return max(1.0, min(interval, remaining))
+
+
+def _first_deploy_events(
+    md: ModelDeployment,
+    observed: Observed,
+    state: RolloutState,
+    desired: str,
+    status: dict[str, Any],
+) -> list[Event]:
+    events = []
+    if observed.deployment_for(desired) is None and state.scaled_to_zero != desired:
+        events.append(Event("Normal", "RevisionCreated", f"creating revision {desired}"))
+    if status["phase"] == Phase.READY.value and md.status.phase != Phase.READY:
+        events.append(Event("Normal", "Ready", f"revision {state.stable} serves all traffic"))
+    degraded = status["phase"] == Phase.DEGRADED.value and md.status.phase != Phase.DEGRADED
+    if degraded and state.canary is None and not state.events:
+        reason = next(c["reason"] for c in status["conditions"] if c["type"] == "Degraded")
+        message = next(c["message"] for c in status["conditions"] if c["type"] == "Degraded")
+        events.append(Event("Warning", reason, message))
+    return events
 
 
 def plan_status(
     md: ModelDeployment,
     observed: Observed,
+    state: RolloutState,
+    desired: str,
     now: dt.datetime,
     config: OperatorConfig,
-    serving: str,
-    desired_revision: str,
-    changing: set[str] | frozenset[str] = frozenset(),
-) -> tuple[dict[str, Any], list[Event]]:
-    """The status to write and the Events that announce what changed since the last one."""
-    previous = md.status
-    current = observed.deployment_for(desired_revision)
-    live = observed.deployment_for(serving)
+    changing: set[str],
+    stable_size: int,
+) -> dict[str, Any]:
+    """The status to write: phase, kstatus conditions, sizes, revisions, weights, records."""
+    stable_dep = observed.deployment_for(state.stable)
+    canary_dep = observed.deployment_for(state.canary) if state.canary else None
     replicas = sum(total_replicas(d) for d in observed.deployments)
     ready = sum(ready_replicas(d) for d in observed.deployments)
-    stuck = progress_deadline_exceeded(current)
-    done = (
-        serving == desired_revision
-        and rolled_out(current)
-        and current is not None
-        and current["metadata"]["name"] not in changing
+    stable_ready = ready_replicas(stable_dep)
+    stable_done = (
+        rolled_out(stable_dep)
+        and stable_dep is not None
+        and stable_dep["metadata"]["name"] not in changing
     )
-    events: list[Event] = []
+    stuck = progress_deadline_exceeded(stable_dep) if state.stable == desired else None
+    rejected = state.scaled_to_zero == desired and state.canary is None
 
-    if done:
+    fields: dict[str, Any] = {}
+    conditions: list[Condition]
+    serving = f"{stable_ready} of {stable_size} stable pods ready"
+    if state.canary is not None:
+        router = md.spec.traffic.router
+        effective = effective_weight(router, state.weight, ready_replicas(canary_dep), stable_ready)
+        fields = {
+            "desiredWeight": state.weight,
+            "effectiveWeight": round(effective, 1),
+            "weightSummary": weight_summary(state.weight, effective),
+        }
+        step_text = f"step {(state.step or 0) + 1}/{len(md.spec.rollout.steps)}"
+        progress = f"canary {state.canary} at {state.weight}% ({step_text})"
+        if state.failed is not None:
+            phase = Phase.PAUSED
+            why = state.failed.message or f"{state.failed.name} {state.failed.value}"
+            conditions = [
+                Condition("Ready", stable_ready > 0, "StableServing", serving),
+                Condition("Progressing", False, "AnalysisFailed", why),
+                Condition("Degraded", True, "AnalysisFailed", why),
+                Condition("Reconciling", False, "AnalysisFailed"),
+                Condition("Stalled", True, "AnalysisFailed", f"onFailure is Pause: {why}"),
+            ]
+        else:
+            phase = Phase.PAUSED if state.paused else Phase.PROGRESSING
+            reason = "Paused" if state.paused else "CanaryProgressing"
+            conditions = [
+                Condition("Ready", stable_ready > 0, "StableServing", serving),
+                Condition("Progressing", True, reason, progress),
+                Condition("Degraded", False, "Healthy"),
+                Condition("Reconciling", True, reason, progress),
+                Condition("Stalled", False, reason),
+            ]
+        conditions.append(_split_condition(md, state, stable_size))
+    elif rejected:
+        record = state.last_rollback or {}
+        why = str(record.get("message", f"revision {desired} was rolled back"))
+        rejected_reason = next(
+            (r.get("reason") for r in state.rejected if r["revision"] == desired), None
+        )
+        phase = Phase.DEGRADED
+        conditions = [
+            Condition("Ready", stable_ready > 0, "StableServing", serving),
+            Condition("Progressing", False, "RolledBack", why),
+            Condition("Degraded", True, rejected_reason or "RolledBack", why),
+            Condition("Reconciling", False, "RolledBack"),
+            Condition(
+                "Stalled", True, "RevisionRejected",
+                f"revision {desired} was rolled back; change the model or rollout.retry to retry",
+            ),
+        ]  # fmt: skip
+    elif stable_done:
         phase = Phase.READY
         conditions = [
-            Condition(
-                "Ready",
-                True,
-                "Available",
-                f"{ready_replicas(current)} of {ready_replicas(current)} pods ready",
-            ),
-            Condition(
-                "Progressing",
-                False,
-                "RolloutComplete",
-                f"revision {desired_revision} serves all traffic",
-            ),
+            Condition("Ready", True, "Available", serving),
+            Condition("Progressing", False, "RolloutComplete", f"revision {state.stable} serves"),
             Condition("Degraded", False, "Healthy"),
             Condition("Reconciling", False, "Reconciled"),
             Condition("Stalled", False, "Reconciled"),
         ]
     elif stuck:
-        serving_ok = serving != desired_revision and ready_replicas(live) > 0
         phase = Phase.DEGRADED
         conditions = [
-            Condition(
-                "Ready",
-                serving_ok,
-                "PreviousRevisionServing" if serving_ok else "ProgressDeadlineExceeded",
-                stuck,
-            ),
+            Condition("Ready", False, "ProgressDeadlineExceeded", stuck),
             Condition("Progressing", False, "ProgressDeadlineExceeded", stuck),
-            Condition(
-                "Degraded",
-                True,
-                "ProgressDeadlineExceeded",
-                f"revision {desired_revision}: {stuck}",
-            ),
+            Condition("Degraded", True, "ProgressDeadlineExceeded", f"revision {desired}: {stuck}"),
             Condition("Reconciling", False, "ProgressDeadlineExceeded"),
             Condition("Stalled", True, "ProgressDeadlineExceeded", stuck),
         ]
     else:
-        first = serving == desired_revision
-        phase = Phase.PENDING if first and ready == 0 else Phase.PROGRESSING
-        want = md.spec.scaling.autoscaling_plan()
-        wanted = want.min_replicas if want else md.spec.scaling.fixed_replicas()
-        message = f"revision {desired_revision}: {ready_replicas(current)} of {wanted} pods ready"
-        serving_ok = not first and ready_replicas(live) > 0
+        phase = Phase.PENDING if stable_ready == 0 else Phase.PROGRESSING
+        message = f"revision {state.stable}: {serving}"
         conditions = [
-            Condition(
-                "Ready",
-                serving_ok,
-                "PreviousRevisionServing" if serving_ok else "PodsNotReady",
-                message,
-            ),
-            Condition("Progressing", True, "NewRevision" if not first else "ScalingUp", message),
+            Condition("Ready", False, "PodsNotReady", message),
+            Condition("Progressing", True, "ScalingUp", message),
             Condition("Degraded", False, "Healthy"),
-            Condition("Reconciling", True, "RolloutInProgress", message),
+            Condition("Reconciling", True, "ScalingUp", message),
             Condition("Stalled", False, "Progressing"),
         ]
 
-    stamp = timestamp(now)
     status: dict[str, Any] = {
         "observedGeneration": md.metadata.generation,
         "phase": phase.value,
         "conditions": merge_conditions(
-            [c.model_dump(mode="json", by_alias=True) for c in previous.conditions],
+            [c.model_dump(mode="json", by_alias=True) for c in md.status.conditions],
             conditions,
-            now=stamp,
+            now=stamp(now),
             generation=md.metadata.generation,
         ),
         "replicas": replicas,
         "readyReplicas": ready,
-        "stableRevision": serving,
-        "stableVersion": md.spec.model.version
-        if serving == desired_revision
-        else previous.stable_version,
         "url": model_url(md, config),
+        **state.status_fields(),
+        **fields,
     }
-    if previous.stable_revision != serving and serving == desired_revision and done:
-        events.append(Event("Normal", "RevisionReady", f"revision {serving} serves all traffic"))
-    if previous.phase != phase and phase == Phase.DEGRADED:
-        events.append(
-            Event("Warning", "ProgressDeadlineExceeded", f"revision {desired_revision}: {stuck}")
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def _split_condition(md: ModelDeployment, state: RolloutState, stable_size: int) -> Condition:
+    """Say so when the replica count cannot realise the step's weight (e.g. 10% with 1 pod)."""
+    if md.spec.traffic.router == Router.GATEWAY_API or state.weight in (0, 100):
+        return Condition("TrafficSplitExact", True, "Exact", f"{state.weight}%")
+    planned = replica_split(state.weight, stable_size).planned_weight
+    if abs(planned - state.weight) <= max(2.0, 0.25 * state.weight):
+        return Condition(
+            "TrafficSplitExact", True, "CloseEnough", weight_summary(state.weight, planned)
         )
-    if current is None:
-        events.append(Event("Normal", "RevisionCreated", f"creating revision {desired_revision}"))
-    return {k: v for k, v in status.items() if v is not None}, events
+    needed = max(1, round((100 - state.weight) / state.weight))
+    return Condition(
+        "TrafficSplitExact",
+        False,
+        "TooFewReplicas",
+        f"{state.weight}% needs about {needed} stable pods per canary pod; with {stable_size} "
+        f"stable pods the canary gets {planned:.3g}%. Add replicas or use the gateway-api router.",
+    )

@@ -7,6 +7,7 @@ else. Status is written once per pass, and only when it changed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,13 +15,16 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .api import InvalidModelDeployment, parse_model_deployment
+from .api import InvalidModelDeployment, ModelDeployment, parse_model_deployment
+from .children import resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
+from .evidence import Snapshots, gather
 from .kube import Kube
 from .naming import owned_selector
 from .observed import Observed
 from .planner import Event, Plan, plan, timestamp
+from .revision import revision_of
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -45,7 +49,34 @@ def read_observed(kube: Kube, namespace: str, name: str) -> Observed:
         deployments=kube.list_objects("apps/v1", "Deployment", namespace, selector),
         services=kube.list_objects("v1", "Service", namespace, selector),
         hpas=kube.list_objects("autoscaling/v2", "HorizontalPodAutoscaler", namespace, selector),
+        pods=kube.list_objects("v1", "Pod", namespace, selector),
+        routes=_routes(kube, namespace, selector),
     )
+
+
+def _routes(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """HTTPRoutes, or none where the Gateway API is not installed."""
+    try:
+        return kube.list_objects("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, selector)
+    except ApiException as error:
+        if error.status == 404:
+            return []
+        raise
+
+
+def smoke_inputs(kube: Kube, md: ModelDeployment) -> list[dict[str, Any]]:
+    """Inline smoke-test requests plus those in the referenced ConfigMap key (a JSON array)."""
+    smoke = md.spec.rollout.analysis.smoke_tests
+    if smoke is None:
+        return []
+    inputs = list(smoke.inputs)
+    ref = smoke.config_map_ref
+    if ref is not None and md.metadata.namespace:
+        config_map = kube.get("v1", "ConfigMap", md.metadata.namespace, ref.name) or {}
+        raw = config_map.get("data", {}).get(ref.key)
+        if raw:
+            inputs += json.loads(raw)
+    return inputs
 
 
 def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
@@ -104,7 +135,11 @@ def invalid_status(
 
 
 def reconcile(
-    kube: Kube, config: OperatorConfig, body: dict[str, Any], now: dt.datetime
+    kube: Kube,
+    config: OperatorConfig,
+    body: dict[str, Any],
+    now: dt.datetime,
+    snapshots: Snapshots | None = None,
 ) -> PassResult:
     """Bring the children of the ModelDeployment `body` to the planned state and write status."""
     started = time.monotonic()
@@ -120,7 +155,10 @@ def reconcile(
         return PassResult(Plan(), patch is not None, time.monotonic() - started)
 
     observed = read_observed(kube, namespace, name)
-    result = plan(md, observed, now, config)
+    desired = revision_of(md.spec, resolve_image(md, config))
+    inputs = smoke_inputs(kube, md) if md.status.canary_revision == desired else []
+    evidence = gather(md, observed, desired, now, {} if snapshots is None else snapshots, inputs)
+    result = plan(md, observed, now, config, evidence)
     for obj in result.apply:
         log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
         apply_child(kube, obj)

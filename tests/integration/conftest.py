@@ -114,6 +114,96 @@ def operator(cluster, namespace, crds, tmp_path) -> Iterator[OperatorProcess]:
         print(f"--- operator log ({process.log_path}) ---\n{process.log()[-6000:]}")
 
 
+@pytest.fixture(scope="session")
+def model_uris(tmp_path_factory) -> dict[str, str]:
+    """Two real scikit-learn models with the same inputs (4 features) and different weights."""
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    directory = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 4))
+    uris = {}
+    for version, flip in (("v1", 1.0), ("v2", -1.0)):
+        y = (flip * x[:, 0] + x[:, 1] > 0).astype(int)
+        path = directory / f"{version}.joblib"
+        joblib.dump(LogisticRegression().fit(x, y), path)
+        uris[version] = f"file://{path}"
+    return uris
+
+
+@pytest.fixture
+def pod_runner(cluster, namespace, tmp_path) -> Iterator[Any]:
+    """Real model servers for the namespace's serving pods (on their loopback pod IPs)."""
+    if not cluster.embedded:
+        pytest.skip("needs kwok's loopback pod IPs")
+    from devcluster.podrunner import PodRunner
+
+    runner = PodRunner(
+        cluster.kubectl_path, cluster.kubeconfig, namespace, tmp_path / "pods",
+        pythonpath=[str(Path(__file__).parent)],
+    ).start()  # fmt: skip
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+class Traffic:
+    """Inference requests to every running serving pod in a namespace, as a Service would send."""
+
+    BODY = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": [1, 4],
+                    "data": [0.1, 0.2, 0.3, 0.4],
+                }
+            ]
+        }
+    ).encode()
+
+    def __init__(self, runner, model: str, interval: float = 0.02):
+        import threading
+
+        self.runner, self.model, self.interval = runner, model, interval
+        self.sent = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import urllib.error
+
+        while not self._stop.wait(self.interval):
+            for url in self.urls():
+                request = urllib.request.Request(
+                    url, data=self.BODY, headers={"Content-Type": "application/json"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=2) as response:
+                        response.read()
+                except urllib.error.HTTPError:
+                    self.errors += 1
+                except OSError:
+                    continue
+                self.sent += 1
+
+    def urls(self) -> list[str]:
+        return [f"http://{ip}:8080/v2/models/{self.model}/infer" for ip in self.runner.ready_ips()]
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def kget(cluster, *args: str) -> Any:
     """`kubectl get ... -o json`, parsed."""
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)

@@ -1,0 +1,284 @@
+"""Pure judgements of a canary's health: Kubernetes signals, serving metrics, model gates.
+
+Each `judge_*` takes plain evidence (gathered elsewhere) and the analysis settings and returns a
+`Check` — Passed, Failed or Inconclusive, with the observed value, the threshold and the number
+of samples, so a rollback record can say exactly what failed and by how much.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import Analysis, CheckOutcome, parse_duration
+
+PASSED, FAILED, INCONCLUSIVE = CheckOutcome.PASSED, CheckOutcome.FAILED, CheckOutcome.INCONCLUSIVE
+# Waiting reasons that mean the container will not start without a change to the pod.
+BAD_WAITING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    outcome: CheckOutcome
+    value: str | None = None
+    threshold: str | None = None
+    samples: int | None = None
+    message: str = ""
+    # Hard failures (a crash loop, an image that cannot be pulled) skip failureThreshold.
+    hard: bool = False
+
+    def as_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "outcome": self.outcome.value}
+        for key in ("value", "threshold", "samples"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+@dataclass(frozen=True)
+class RevisionMetrics:
+    """Inference requests of one revision over the judged window, summed across its pods.
+
+    `buckets` maps a histogram upper bound (seconds, `math.inf` last) to the cumulative count.
+    """
+
+    requests: float
+    errors: float
+    buckets: dict[float, float] = field(default_factory=dict)
+    p99_seconds: float | None = None  # set directly by sources that compute it (Prometheus)
+
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def p99(self) -> float | None:
+        if self.p99_seconds is not None:
+            return self.p99_seconds
+        return histogram_quantile(0.99, self.buckets)
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative buckets, with linear interpolation.
+
+    Example: buckets {0.01: 90, 0.1: 100, inf: 100} → p99 lies in (0.01, 0.1]: 0.01 + 0.09 * 9/10
+    = 0.091 seconds.
+    """
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # as Prometheus: the highest finite bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * (
+                (rank - lower_count) / width if width else 1
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def percent(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def millis(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms"
+
+
+def judge_pods(
+    pods: list[dict[str, Any]], created: dt.datetime | None, now: dt.datetime, deadline: str
+) -> Check:
+    """Kubernetes signals of the canary's pods, the cheapest and fastest evidence."""
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for status in pod.get("status", {}).get("containerStatuses", []) or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in BAD_WAITING:
+                return Check(
+                    "podsHealthy",
+                    FAILED,
+                    waiting["reason"],
+                    "no container failures",
+                    message=f"pod {name}: {waiting['reason']}",
+                    hard=True,
+                )
+            last = ((status.get("lastState") or {}).get("terminated")) or {}
+            if last.get("reason") == "OOMKilled":
+                return Check(
+                    "podsHealthy",
+                    FAILED,
+                    "OOMKilled",
+                    "no container failures",
+                    message=f"pod {name}: OOMKilled",
+                    hard=True,
+                )
+            if int(status.get("restartCount") or 0) > 0:
+                restarts = int(status["restartCount"])
+                return Check(
+                    "podsHealthy",
+                    FAILED,
+                    f"{restarts} restarts",
+                    "0 restarts",
+                    message=f"pod {name} restarted {restarts} times",
+                    hard=True,
+                )
+    ready = sum(1 for p in pods if _pod_ready(p))
+    if pods and ready == len(pods):
+        return Check("podsReady", PASSED, f"{ready}/{len(pods)}")
+    limit = parse_duration(deadline)
+    waited = (now - created).total_seconds() if created else 0.0
+    if waited > limit:
+        return Check(
+            "podsReady",
+            FAILED,
+            f"{ready}/{len(pods)} ready after {waited:.0f}s",
+            f"all ready within {deadline}",
+            hard=True,
+        )
+    return Check("podsReady", INCONCLUSIVE, f"{ready}/{len(pods)}", f"all ready within {deadline}")
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions", []) or []
+    )
+
+
+def judge_metrics(
+    analysis: Analysis, canary: RevisionMetrics | None, stable: RevisionMetrics | None
+) -> list[Check]:
+    """Error ratio and p99 latency of the canary, absolute and relative to stable.
+
+    Below `minRequests` canary samples nothing is judged: one Inconclusive check says so.
+    """
+    if canary is None:
+        return [Check("metrics", INCONCLUSIVE, message="no metrics could be read for the canary")]
+    samples = int(canary.requests)
+    if samples < analysis.min_requests:
+        return [
+            Check(
+                "requests",
+                INCONCLUSIVE,
+                str(samples),
+                f">= {analysis.min_requests}",
+                samples,
+                f"{samples} canary requests, fewer than minRequests {analysis.min_requests}",
+            )
+        ]
+    checks = []
+    rate = canary.error_rate()
+    outcome = FAILED if rate > analysis.max_error_rate else PASSED
+    checks.append(
+        Check("errorRate", outcome, percent(rate), percent(analysis.max_error_rate), samples)
+    )
+    p99 = canary.p99()
+    if analysis.max_latency_p99 is not None and p99 is not None:
+        limit = parse_duration(analysis.max_latency_p99)
+        outcome = FAILED if p99 > limit else PASSED
+        checks.append(Check("latencyP99", outcome, millis(p99), analysis.max_latency_p99, samples))
+    comparable = stable is not None and stable.requests >= max(analysis.min_requests, 1)
+    if comparable and stable is not None and analysis.max_error_rate_increase is not None:
+        limit = stable.error_rate() + analysis.max_error_rate_increase
+        outcome = FAILED if rate > limit else PASSED
+        checks.append(
+            Check("errorRateVsStable", outcome, percent(rate), f"<= {percent(limit)}", samples)
+        )
+    stable_p99 = stable.p99() if comparable and stable is not None else None
+    if stable_p99 and p99 is not None and analysis.max_latency_increase is not None:
+        limit = stable_p99 * (1 + analysis.max_latency_increase)
+        outcome = FAILED if p99 > limit else PASSED
+        checks.append(
+            Check("latencyVsStable", outcome, millis(p99), f"<= {millis(limit)}", samples)
+        )
+    return checks
+
+
+def compare_metadata(canary: dict[str, Any], stable: dict[str, Any]) -> Check:
+    """Inputs and outputs (names, datatypes, shapes) of the canary's model against stable's."""
+
+    def signature(meta: dict[str, Any]) -> dict[str, list[tuple[str, str, tuple[int, ...]]]]:
+        return {
+            side: sorted(
+                (t["name"], t["datatype"], tuple(t.get("shape", []))) for t in meta.get(side, [])
+            )
+            for side in ("inputs", "outputs")
+        }
+
+    ours, theirs = signature(canary), signature(stable)
+    if ours == theirs:
+        return Check("modelMetadata", PASSED)
+    diffs = [
+        f"{side}: canary {ours[side]} vs stable {theirs[side]}"
+        for side in ours
+        if ours[side] != theirs[side]
+    ]
+    return Check("modelMetadata", FAILED, message="; ".join(diffs), hard=True)
+
+
+def compare_predictions(
+    canary: list[dict[str, Any]], stable: list[dict[str, Any]], tolerance: float | None
+) -> Check:
+    """Smoke-test responses: same output names, datatypes, shapes; values within `tolerance`."""
+    worst = 0.0
+    for index, (ours, theirs) in enumerate(zip(canary, stable, strict=True)):
+        a = {o["name"]: o for o in ours.get("outputs", [])}
+        b = {o["name"]: o for o in theirs.get("outputs", [])}
+        if a.keys() != b.keys():
+            return Check(
+                "smokeTests",
+                FAILED,
+                message=f"input {index}: outputs {sorted(a)} vs stable {sorted(b)}",
+                hard=True,
+            )
+        for name in a:
+            if (a[name]["datatype"], a[name]["shape"]) != (b[name]["datatype"], b[name]["shape"]):
+                return Check(
+                    "smokeTests",
+                    FAILED,
+                    message=f"input {index}: output {name} differs in type or shape",
+                    hard=True,
+                )
+            if tolerance is None:
+                continue
+            for x, y in zip(a[name]["data"], b[name]["data"], strict=True):
+                if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+                    worst = max(worst, abs(x - y))
+    if tolerance is not None and worst > tolerance:
+        return Check(
+            "smokeTests",
+            FAILED,
+            f"{worst:.4g}",
+            f"<= {tolerance:g}",
+            len(canary),
+            "canary predictions differ from stable's",
+            hard=True,
+        )
+    return Check(
+        "smokeTests",
+        PASSED,
+        f"{worst:.4g}" if tolerance is not None else None,
+        None if tolerance is None else f"<= {tolerance:g}",
+        len(canary),
+    )

@@ -1,0 +1,496 @@
+"""The canary state machine: which revision is stable, which is the canary, at what weight, and
+when to advance, promote or roll back. Pure: status so far + evidence + now → the next state.
+
+Vocabulary (as in status):
+- stable: the revision that serves by default. canary: the revision being rolled out.
+- step: index into spec.rollout.steps; its weight is the canary's desired traffic percent.
+- previous: the old stable after a promotion, kept warm (no traffic) for rollbackWindow.
+
+The rules, in order, for a pass where the desired revision R differs from stable S:
+1. R was rolled back before and neither R nor rollout.retry changed since: stay on S.
+2. R is not the canary yet: start it at step 0 (a newer revision mid-canary replaces the canary
+   and restarts its analysis; unvalidated pods are never promoted).
+3. Hard failures (crash loop, image pull, OOM, restarts, not Ready by progressDeadline, a failed
+   model gate) fail the canary at once; metric failures count, failureThreshold in a row fail it.
+4. The model gates (metadata, smoke tests) pass before the canary gets any traffic.
+5. After stepDuration at a step whose last analysis passed, move to the next step; after the
+   100% step, promote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import (
+    CheckOutcome,
+    FailurePolicy,
+    InconclusivePolicy,
+    ModelDeployment,
+    RolloutOutcome,
+    parse_duration,
+)
+from .api.status import MAX_HISTORY, MAX_REJECTED
+from .judge import Check
+from .planner_types import Event
+
+GATE_CHECKS = ("modelMetadata", "smokeTests")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the shell gathered this pass; None means "not gathered" (not due or not needed)."""
+
+    pods: Check | None = None
+    metrics: list[Check] | None = None
+    gates: list[Check] | None = None
+
+
+@dataclass
+class RolloutState:
+    """The rollout part of status after this pass, plus what the planner must do about it."""
+
+    stable: str
+    canary: str | None = None
+    previous: str | None = None
+    weight: int = 0
+    step: int | None = None
+    step_started_at: str | None = None
+    analysis: dict[str, Any] | None = None
+    last_rollback: dict[str, Any] | None = None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stable_version: str | None = None
+    canary_version: str | None = None
+    failed: Check | None = None  # set when the canary failed this pass and policy is Pause
+    events: list[Event] = field(default_factory=list)
+    scaled_to_zero: str | None = None  # a rejected canary kept at 0 pods for inspection
+    paused: bool = False
+
+    def status_fields(self) -> dict[str, Any]:
+        return {
+            "stableRevision": self.stable,
+            "stableVersion": self.stable_version,
+            "canaryRevision": self.canary,
+            "canaryVersion": self.canary_version if self.canary else None,
+            "currentStep": self.step if self.canary else None,
+            "stepStartedAt": self.step_started_at if self.canary else None,
+            "analysis": self.analysis,
+            "lastRollback": self.last_rollback,
+            "rejectedRevisions": self.rejected or None,
+            "history": self.history or None,
+        }
+
+
+def stamp(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _dump(model: Any) -> Any:
+    if model is None:
+        return None
+    if isinstance(model, list):
+        return [_dump(m) for m in model]
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def retry_token(md: ModelDeployment) -> str:
+    return md.spec.rollout.retry or ""
+
+
+def is_rejected(md: ModelDeployment, revision: str) -> bool:
+    """Rejected under the current retry token: changing spec.rollout.retry retries it."""
+    return any(
+        r.revision == revision and r.retry_token == retry_token(md)
+        for r in md.status.rejected_revisions
+    )
+
+
+def analysis_due(md: ModelDeployment, now: dt.datetime) -> bool:
+    """Metrics are read once per spec.rollout.analysis.interval."""
+    analysis = md.status.analysis
+    last = analysis.last_run_at if analysis else None
+    interval = parse_duration(md.spec.rollout.analysis.interval)
+    return last is None or (now - last).total_seconds() >= interval
+
+
+def gates_passed(md: ModelDeployment) -> bool:
+    analysis = md.status.analysis
+    needed = set(needed_gates(md))
+    passed = {
+        c.name for c in (analysis.checks if analysis else []) if c.outcome == CheckOutcome.PASSED
+    }
+    return needed <= passed
+
+
+def needed_gates(md: ModelDeployment) -> list[str]:
+    gates = []
+    if md.spec.rollout.analysis.compare_metadata:
+        gates.append("modelMetadata")
+    if md.spec.rollout.analysis.smoke_tests is not None:
+        gates.append("smokeTests")
+    return gates
+
+
+def promoted_at(md: ModelDeployment, revision: str) -> dt.datetime | None:
+    for entry in md.status.history:
+        if entry.revision == revision and entry.outcome == RolloutOutcome.PROMOTED:
+            return entry.finished_at
+    return None
+
+
+def _history(md: ModelDeployment, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry, *_dump(list(md.status.history))][:MAX_HISTORY]
+
+
+def next_state(
+    md: ModelDeployment,
+    desired: str,
+    existing: set[str],
+    evidence: Evidence,
+    now: dt.datetime,
+    canary_created: dt.datetime | None = None,
+) -> RolloutState:
+    """Decide the rollout state for this pass.
+
+    `existing`: revisions that have a Deployment; `canary_created`: when the canary's Deployment
+    was created (the start of its rollout, for progressDeadline and time to detect).
+    """
+    status = md.status
+    version = md.spec.model.version
+    state = RolloutState(
+        stable=status.stable_revision or desired,
+        canary=status.canary_revision,
+        step=status.current_step,
+        step_started_at=stamp(status.step_started_at) if status.step_started_at else None,
+        analysis=_dump(status.analysis),
+        last_rollback=_dump(status.last_rollback),
+        rejected=_dump(list(status.rejected_revisions)),
+        history=_dump(list(status.history)),
+        stable_version=status.stable_version,
+        canary_version=status.canary_version,
+    )
+    # Nothing to roll back to: the first revision (or one whose stable Deployment is gone) goes
+    # straight in; a failure there is reported as Degraded by the planner.
+    if status.stable_revision is None or status.stable_revision not in existing:
+        state.stable, state.stable_version, state.canary = desired, version, None
+        return _with_previous(md, state, existing, now)
+
+    if desired == state.stable:
+        if state.canary is not None:  # the spec went back to stable mid-canary
+            state.history = _history(
+                md,
+                _entry(
+                    md,
+                    state.canary,
+                    RolloutOutcome.SUPERSEDED,
+                    now,
+                    "spec returned to the stable revision",
+                ),
+            )
+            state.events.append(
+                Event("Normal", "CanaryAborted", f"spec returned to stable {state.stable}")
+            )
+            state.canary, state.analysis = None, None
+        state.stable_version = state.stable_version or version
+        return _watch_window(md, _with_previous(md, state, existing, now), evidence, now)
+
+    if is_rejected(md, desired):
+        state.canary, state.analysis = None, state.analysis
+        state.scaled_to_zero = desired
+        return state
+
+    if state.canary != desired:
+        if state.canary is not None:
+            state.history = _history(
+                md,
+                _entry(
+                    md,
+                    state.canary,
+                    RolloutOutcome.SUPERSEDED,
+                    now,
+                    f"replaced by revision {desired}",
+                ),
+            )
+        state.canary, state.canary_version = desired, version
+        state.step, state.step_started_at = 0, stamp(now)
+        state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
+        state.previous = None
+        state.events.append(
+            Event("Normal", "CanaryStarted", f"revision {desired} starts as a canary")
+        )
+        return state
+
+    return _advance(md, state, evidence, now, canary_created)
+
+
+def _entry(
+    md: ModelDeployment,
+    revision: str,
+    outcome: RolloutOutcome,
+    now: dt.datetime,
+    message: str,
+    started: dt.datetime | None = None,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "revision": revision,
+        "outcome": outcome.value,
+        "finishedAt": stamp(now),
+        "message": message,
+    }
+    if md.status.canary_version and md.status.canary_revision == revision:
+        entry["version"] = md.status.canary_version
+    if started:
+        entry["startedAt"] = stamp(started)
+    return entry
+
+
+def _with_previous(
+    md: ModelDeployment, state: RolloutState, existing: set[str], now: dt.datetime
+) -> RolloutState:
+    """Keep the last stable warm for rollbackWindow after a promotion, then let it go."""
+    window = parse_duration(md.spec.rollout.rollback_window)
+    since = promoted_at(md, state.stable)
+    others = existing - {state.stable}
+    if window > 0 and since is not None and (now - since).total_seconds() < window:
+        candidates = [h.revision for h in md.status.history if h.revision in others]
+        previous = md.status.history[1].revision if len(md.status.history) > 1 else None
+        state.previous = previous if previous in others else (candidates[0] if candidates else None)
+    return state
+
+
+def _record(analysis: dict[str, Any], checks: list[Check], now: dt.datetime) -> CheckOutcome:
+    """Fold this interval's checks into the counters; returns the interval's verdict."""
+    if any(c.outcome == CheckOutcome.FAILED for c in checks):
+        verdict = CheckOutcome.FAILED
+    elif any(c.outcome == CheckOutcome.INCONCLUSIVE for c in checks):
+        verdict = CheckOutcome.INCONCLUSIVE
+    else:
+        verdict = CheckOutcome.PASSED
+    failures = analysis.get("consecutiveFailures", 0)
+    inconclusive = analysis.get("consecutiveInconclusive", 0)
+    analysis["consecutiveFailures"] = failures + 1 if verdict == CheckOutcome.FAILED else 0
+    analysis["consecutiveInconclusive"] = (
+        inconclusive + 1 if verdict == CheckOutcome.INCONCLUSIVE else 0
+    )
+    analysis["outcome"] = verdict.value
+    analysis["lastRunAt"] = stamp(now)
+    gates = [c for c in analysis.get("checks", []) if c["name"] in GATE_CHECKS]
+    analysis["checks"] = gates + [c.as_status() for c in checks if c.name not in GATE_CHECKS]
+    return verdict
+
+
+def _failure(md: ModelDeployment, state: RolloutState, evidence: Evidence) -> Check | None:
+    """The check that fails the canary this pass, if any (hard failures first)."""
+    analysis = state.analysis or {}
+    for check in [evidence.pods, *(evidence.gates or [])]:
+        if check is not None and check.outcome == CheckOutcome.FAILED:
+            return check
+    spec = md.spec.rollout.analysis
+    metric_checks = evidence.metrics or []
+    failed = next((c for c in metric_checks if c.outcome == CheckOutcome.FAILED), None)
+    if failed is not None and analysis.get("consecutiveFailures", 0) >= spec.failure_threshold:
+        return failed
+    inconclusive = next((c for c in metric_checks if c.outcome == CheckOutcome.INCONCLUSIVE), None)
+    if inconclusive is not None:
+        count = analysis.get("consecutiveInconclusive", 0)
+        if spec.on_inconclusive == InconclusivePolicy.ROLLBACK and count >= spec.failure_threshold:
+            return inconclusive
+        if spec.on_inconclusive == InconclusivePolicy.HOLD and count >= spec.max_inconclusive:
+            return Check(
+                inconclusive.name,
+                CheckOutcome.FAILED,
+                inconclusive.value,
+                inconclusive.threshold,
+                inconclusive.samples,
+                f"inconclusive {count} intervals in a row (maxInconclusive "
+                f"{spec.max_inconclusive}): {inconclusive.message}",
+            )
+    return None
+
+
+def _gates_ok(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
+    passed = {c["name"] for c in analysis.get("checks", []) if c.get("outcome") == "Passed"}
+    return set(needed_gates(md)) <= passed
+
+
+def _advance(
+    md: ModelDeployment,
+    state: RolloutState,
+    evidence: Evidence,
+    now: dt.datetime,
+    canary_created: dt.datetime | None,
+) -> RolloutState:
+    assert state.canary is not None
+    analysis = state.analysis if state.analysis is not None else {}
+    state.analysis = analysis
+    gated_before = _gates_ok(md, analysis)
+    if evidence.gates:
+        kept = [c for c in analysis.get("checks", []) if c["name"] not in GATE_CHECKS]
+        analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
+    if not gated_before and _gates_ok(md, analysis):
+        state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
+    verdict = None
+    if evidence.metrics is not None:
+        verdict = _record(analysis, list(evidence.metrics), now)
+
+    failed = _failure(md, state, evidence)
+    steps = md.spec.rollout.steps
+    step = state.step or 0
+    gates_ok = _gates_ok(md, analysis)
+    state.weight = steps[step] if gates_ok else 0
+    if failed is not None:
+        if md.spec.rollout.on_failure == FailurePolicy.PAUSE:
+            state.failed, state.paused = failed, True
+            return state
+        return _roll_back(md, state, failed, now, canary_created)
+    if md.spec.rollout.paused:
+        state.paused = True
+        return state
+
+    started = parse_time(state.step_started_at) or now
+    if verdict == CheckOutcome.INCONCLUSIVE:
+        # Hold: an interval without enough traffic does not count towards the step's duration.
+        interval = dt.timedelta(seconds=parse_duration(md.spec.rollout.analysis.interval))
+        started = min(started + interval, now)
+        state.step_started_at = stamp(started)
+    held = (now - started).total_seconds() >= parse_duration(md.spec.rollout.step_duration)
+    last_ok = (verdict or _last_verdict(analysis)) == CheckOutcome.PASSED
+    if gates_ok and held and last_ok:
+        if step + 1 < len(steps):
+            state.step, state.step_started_at = step + 1, stamp(now)
+            state.weight = steps[step + 1]
+            message = f"canary {state.canary} at {steps[step + 1]}%"
+            state.events.append(Event("Normal", "StepAdvanced", message))
+        else:
+            return _promote(md, state, now, canary_created)
+    return state
+
+
+def _last_verdict(analysis: dict[str, Any]) -> CheckOutcome | None:
+    outcome = analysis.get("outcome")
+    return CheckOutcome(outcome) if outcome else None
+
+
+def _promote(
+    md: ModelDeployment, state: RolloutState, now: dt.datetime, started: dt.datetime | None
+) -> RolloutState:
+    assert state.canary is not None
+    old = state.stable
+    entry = _entry(md, state.canary, RolloutOutcome.PROMOTED, now, f"promoted over {old}", started)
+    state.history = _history(md, entry)
+    state.events.append(
+        Event("Normal", "Promoted", f"revision {state.canary} is stable (was {old})")
+    )
+    state.stable, state.stable_version = state.canary, state.canary_version
+    state.canary, state.analysis, state.step, state.step_started_at, state.weight = (
+        None,
+        None,
+        None,
+        None,
+        0,
+    )
+    window = parse_duration(md.spec.rollout.rollback_window)
+    state.previous = old if window > 0 else None
+    return state
+
+
+def _roll_back(
+    md: ModelDeployment,
+    state: RolloutState,
+    failed: Check,
+    now: dt.datetime,
+    started: dt.datetime | None,
+) -> RolloutState:
+    """Traffic back to stable at once, the canary to zero pods, the revision rejected."""
+    assert state.canary is not None
+    canary = state.canary
+    detect = f"{(now - started).total_seconds():.0f}s" if started else None
+    window = md.spec.rollout.analysis.interval if failed.samples is not None else None
+    record = {
+        "revision": canary,
+        "version": state.canary_version,
+        "check": failed.name,
+        "observedValue": failed.value,
+        "threshold": failed.threshold,
+        "samples": failed.samples,
+        "window": window,
+        "timeToDetect": detect,
+        "time": stamp(now),
+        "message": failed.message or f"{failed.name} {failed.value} broke {failed.threshold}",
+    }
+    state.last_rollback = {k: v for k, v in record.items() if v is not None}
+    message = str(state.last_rollback["message"])
+    rejected = [r for r in state.rejected if r["revision"] != canary]
+    entry = {
+        "revision": canary,
+        "retryToken": retry_token(md),
+        "rejectedAt": stamp(now),
+        "reason": _reason(failed),
+    }
+    state.rejected = ([entry, *rejected])[:MAX_REJECTED]
+    state.history = _history(
+        md, _entry(md, canary, RolloutOutcome.ROLLED_BACK, now, message, started)
+    )
+    state.events.append(Event("Warning", "RolledBack", f"revision {canary} rolled back: {message}"))
+    state.scaled_to_zero = canary
+    state.canary, state.analysis, state.step, state.step_started_at = None, None, None, None
+    state.weight = 0
+    return state
+
+
+def _watch_window(
+    md: ModelDeployment, state: RolloutState, evidence: Evidence, now: dt.datetime
+) -> RolloutState:
+    """After a promotion the checks go on while the previous revision is warm; a failure puts
+    the previous revision back at once, without steps."""
+    if state.previous is None:
+        return state
+    analysis = state.analysis if state.analysis is not None else {}
+    state.analysis = analysis
+    if evidence.metrics is not None:
+        _record(analysis, list(evidence.metrics), now)
+    spec = md.spec.rollout.analysis
+    failed = evidence.pods if evidence.pods and evidence.pods.outcome == "Failed" else None
+    metric_failed = next((c for c in evidence.metrics or [] if c.outcome == "Failed"), None)
+    if (
+        failed is None
+        and metric_failed
+        and analysis["consecutiveFailures"] >= spec.failure_threshold
+    ):
+        failed = metric_failed
+    if failed is None:
+        return state
+    promoted = state.stable
+    state.canary, state.canary_version = promoted, state.stable_version
+    state.stable, state.stable_version = state.previous, None
+    for entry in md.status.history:
+        if entry.revision == state.stable:
+            state.stable_version = entry.version
+            break
+    state.previous = None
+    return _roll_back(md, state, failed, now, promoted_at(md, promoted))
+
+
+def _reason(check: Check) -> str:
+    return {
+        "podsReady": "PodsNotReady",
+        "podsHealthy": "PodsFailing",
+        "errorRate": "ErrorRateTooHigh",
+        "errorRateVsStable": "ErrorRateAboveStable",
+        "latencyP99": "LatencyTooHigh",
+        "latencyVsStable": "LatencyAboveStable",
+        "modelMetadata": "ModelMetadataMismatch",
+        "smokeTests": "SmokeTestsFailed",
+        "requests": "NotEnoughTraffic",
+        "metrics": "MetricsUnavailable",
+    }.get(check.name, "CheckFailed")

@@ -1,0 +1,133 @@
+"""Traffic split arithmetic and the objects that realise it.
+
+Replica router (default, any cluster): one Service selects pods; its selector is the switch.
+Pinned to a revision it sends everything there; unpinned it spreads requests over every ready pod
+of every revision, so the canary's share is its share of ready pods. Gateway API router: an
+HTTPRoute with exact weights over a `-stable` and a `-canary` Service.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .api import ModelDeployment, Router
+from .children import SERVICE_PORT, build_service, child_metadata
+from .naming import REVISION, role_service_name
+
+
+@dataclass(frozen=True)
+class Split:
+    """How many canary pods a weight needs and what share of traffic they will really get."""
+
+    canary_replicas: int
+    planned_weight: float  # percent the canary gets once all planned pods are ready
+
+
+def replica_split(weight: int, stable_replicas: int) -> Split:
+    """Canary pods beside `stable_replicas` stable pods so that canary/(canary+stable) ≈ weight.
+
+    Worked examples: 10% beside 10 stable → 1 canary pod, 1/11 = 9.1%. 50% beside 3 → 3 pods, 50%.
+    10% beside 1 stable → at least 1 canary pod, so 50%: impossible to do better with 1 replica.
+    Weight 0 (gates still running) keeps 1 warm pod with no traffic; 100 mirrors stable's size.
+    """
+    stable = max(stable_replicas, 1)
+    if weight <= 0:
+        return Split(1, 0.0)
+    if weight >= 100:
+        return Split(stable, 100.0)
+    canary = max(1, round(weight * stable / (100 - weight)))
+    return Split(canary, 100.0 * canary / (canary + stable))
+
+
+def gateway_split(weight: int, stable_replicas: int) -> Split:
+    """With exact route weights, the canary needs only enough pods for its share of the load.
+
+    Example: 10% of a 10-pod model → 1 canary pod, and exactly 10% of requests.
+    """
+    if weight <= 0:
+        return Split(1, 0.0)
+    return Split(max(1, math.ceil(weight * max(stable_replicas, 1) / 100)), float(weight))
+
+
+def effective_weight(router: Router, weight: int, canary_ready: int, stable_ready: int) -> float:
+    """The canary's share of traffic right now, from ready pods (replicas) or the route."""
+    if weight <= 0 or canary_ready == 0:
+        return 0.0
+    if weight >= 100 or router == Router.GATEWAY_API:
+        return float(weight) if stable_ready or weight >= 100 else 100.0
+    return 100.0 * canary_ready / (canary_ready + stable_ready)
+
+
+def weight_summary(desired: int, effective: float) -> str:
+    """`10% → 9.1%` for `kubectl get md`."""
+    return f"{desired}% → {effective:.3g}%"
+
+
+def pinned(service: dict[str, Any], revision: str | None) -> dict[str, Any]:
+    if revision is not None:
+        service["spec"]["selector"] = {**service["spec"]["selector"], REVISION: revision}
+    return service
+
+
+def build_services(
+    md: ModelDeployment, stable: str, canary: str | None, weight: int
+) -> list[dict[str, Any]]:
+    """The client-facing Service (and, for the Gateway API router, the two backend Services)."""
+    assert md.metadata.name is not None
+    if md.spec.traffic.router == Router.GATEWAY_API:
+        services = [pinned(build_service(md), stable), _role_service(md, "stable", stable)]
+        if canary is not None:
+            services.append(_role_service(md, "canary", canary))
+        return services
+    if canary is None or weight <= 0:
+        target: str | None = stable
+    elif weight >= 100:
+        target = canary
+    else:
+        target = None  # every revision's ready pods
+    return [pinned(build_service(md), target)]
+
+
+def _role_service(md: ModelDeployment, role: str, revision: str) -> dict[str, Any]:
+    assert md.metadata.name is not None
+    service = pinned(build_service(md), revision)
+    service["metadata"]["name"] = role_service_name(md.metadata.name, role)
+    service["metadata"]["labels"]["modeldeploy.io/role"] = role
+    return service
+
+
+def build_http_route(md: ModelDeployment, canary: str | None, weight: int) -> dict[str, Any] | None:
+    """HTTPRoute with exact weights, for the gateway-api router (None for the replica router)."""
+    gateway = md.spec.traffic.gateway
+    if md.spec.traffic.router != Router.GATEWAY_API or gateway is None:
+        return None
+    assert md.metadata.name is not None
+    stable_svc = role_service_name(md.metadata.name, "stable")
+    backends = [
+        {"name": stable_svc, "port": SERVICE_PORT, "weight": 100 - (weight if canary else 0)}
+    ]
+    if canary is not None:
+        backends.append(
+            {
+                "name": role_service_name(md.metadata.name, "canary"),
+                "port": SERVICE_PORT,
+                "weight": weight,
+            }
+        )
+    spec: dict[str, Any] = {
+        "parentRefs": [
+            p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in gateway.parent_refs
+        ],
+        "rules": [{"backendRefs": backends}],
+    }
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    name = gateway.http_route_name or md.metadata.name
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": child_metadata(md, name),
+        "spec": spec,
+    }

@@ -1,0 +1,31 @@
+"""Custom model classes that misbehave on purpose, served by the real model server (format
+custom) so a canary can answer 5xx or slowly. They wrap a real scikit-learn artifact, so their
+inputs look like the stable model's."""
+
+from __future__ import annotations
+
+import time
+
+import joblib
+
+
+class _Wrapped:
+    def __init__(self, path: str | None) -> None:
+        assert path is not None
+        self.model = joblib.load(path)
+        self.n_features_in_ = self.model.n_features_in_
+
+
+class FailingModel(_Wrapped):
+    """Every prediction raises: the server answers 500."""
+
+    def predict(self, x):  # type: ignore[no-untyped-def]
+        raise RuntimeError("injected failure")
+
+
+class SlowModel(_Wrapped):
+    """Correct but slow: 300 ms per predict call."""
+
+    def predict(self, x):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return self.model.predict(x)

@@ -1,0 +1,298 @@
+"""Canary rollouts on the real control plane, with real model servers behind kwok's pods.
+
+Each test deploys a stable revision, changes what the pods run, and watches the operator walk the
+steps, promote, or roll back — judged from pod signals, from real /metrics, and from real model
+gates. Traffic is sent straight to the pods' loopback IPs, as a Service would spread it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from conftest import OperatorProcess, Traffic, kget
+from devcluster import FAULT_LABEL, wait_until
+
+pytestmark = pytest.mark.cluster
+
+FAST_ROLLOUT = {
+    "steps": [25, 50, 100],
+    "stepDuration": "2s",
+    "progressDeadline": "20s",
+    "analysis": {"interval": "1s", "failureThreshold": 2, "minRequests": 5, "maxInconclusive": 30},
+}
+
+
+def body(uri: str, rollout: dict | None = None, serving: dict | None = None, **model: str) -> dict:
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud"},
+        "spec": {
+            "model": {"uri": uri, "format": "sklearn", **model},
+            "scaling": {"replicas": 2},
+            "rollout": rollout or FAST_ROLLOUT,
+            **({"serving": serving} if serving else {}),
+        },
+    }
+
+
+def apply(cluster, namespace: str, obj: dict) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+
+
+def status(cluster, namespace: str) -> dict:
+    return kget(cluster, "md", "fraud", "-n", namespace).get("status", {})
+
+
+def wait_stable(cluster, namespace: str, timeout: float = 60) -> str:
+    def ready() -> bool:
+        s = status(cluster, namespace)
+        return s.get("phase") == "Ready" and not s.get("canaryRevision")
+
+    wait_until(ready, timeout, "stable revision Ready")
+    return str(status(cluster, namespace)["stableRevision"])
+
+
+def deployments(cluster, namespace: str) -> dict[str, dict]:
+    items = kget(cluster, "deployments", "-n", namespace, "-l", "modeldeploy.io/name=fraud")[
+        "items"
+    ]
+    return {d["metadata"]["labels"]["modeldeploy.io/revision"]: d for d in items}
+
+
+def service_selector(cluster, namespace: str) -> dict:
+    return kget(cluster, "service", "fraud", "-n", namespace)["spec"]["selector"]
+
+
+def rolled_back(cluster, namespace: str) -> bool:
+    return bool(status(cluster, namespace).get("lastRollback"))
+
+
+@pytest.fixture
+def traffic(pod_runner) -> Traffic:
+    load = Traffic(pod_runner, "fraud").start()
+    yield load
+    load.stop()
+
+
+def test_good_canary_walks_every_step_and_is_promoted(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    apply(cluster, namespace, body(model_uris["v1"], version="v1"))
+    old = wait_stable(cluster, namespace)
+    apply(cluster, namespace, body(model_uris["v2"], version="v2"))
+
+    weights: list[int] = []
+    canary_pods: set[str] = set()
+
+    def promoted() -> bool:
+        s = status(cluster, namespace)
+        if s.get("canaryRevision"):
+            weight = s.get("desiredWeight")
+            if weight is not None and (not weights or weights[-1] != weight):
+                weights.append(weight)
+            pods = kget(
+                cluster,
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                f"modeldeploy.io/revision={s['canaryRevision']}",
+            )
+            canary_pods.update(p["metadata"]["uid"] for p in pods["items"])
+        return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
+
+    wait_until(promoted, 90, "canary promoted")
+    s = status(cluster, namespace)
+    assert [w for w in weights if w] == [25, 50, 100], weights
+    assert s["history"][0]["outcome"] == "Promoted" and s["stableVersion"] == "v2"
+    assert not s.get("lastRollback")
+    # Promotion restarts no pod: the canary's pods are the stable pods now.
+    new_pods = kget(
+        cluster, "pods", "-n", namespace, "-l", f"modeldeploy.io/revision={s['stableRevision']}"
+    )
+    assert {p["metadata"]["uid"] for p in new_pods["items"]} <= canary_pods
+    wait_until(
+        lambda: set(deployments(cluster, namespace)) == {s["stableRevision"]},
+        30,
+        "old revision removed",
+    )
+    assert service_selector(cluster, namespace)["modeldeploy.io/revision"] == s["stableRevision"]
+    checks = {
+        c["name"]
+        for c in kget(cluster, "md", "fraud", "-n", namespace)["status"].get("history", [])
+    }
+    assert checks is not None
+    reasons = {e["reason"] for e in kget(cluster, "events", "-n", namespace)["items"]}
+    assert {"CanaryStarted", "StepAdvanced", "Promoted"} <= reasons
+
+
+def test_canary_whose_pods_never_turn_ready_is_rolled_back_after_the_deadline(
+    cluster, namespace, operator, model_uris
+):
+    apply(cluster, namespace, body(model_uris["v1"]))
+    stable = wait_stable(cluster, namespace)
+    bad = body(model_uris["v1"], serving={"podLabels": {FAULT_LABEL: "never-ready"}})
+    bad["spec"]["rollout"] = {**FAST_ROLLOUT, "progressDeadline": "10s"}
+    apply(cluster, namespace, bad)
+
+    wait_until(lambda: rolled_back(cluster, namespace), 60, "rollback")
+    s = status(cluster, namespace)
+    record = s["lastRollback"]
+    assert record["check"] == "podsReady"
+    assert "0/" in record["observedValue"] and record["threshold"] == "all ready within 10s"
+    assert s["stableRevision"] == stable and s["phase"] == "Degraded"
+    assert s["rejectedRevisions"][0]["revision"] == record["revision"]
+    assert {c["type"]: c["status"] for c in s["conditions"]}["Degraded"] == "True"
+    assert service_selector(cluster, namespace)["modeldeploy.io/revision"] == stable
+    wait_until(
+        lambda: deployments(cluster, namespace)[record["revision"]]["spec"]["replicas"] == 0,
+        20,
+        "canary at 0",
+    )
+
+
+def test_crash_looping_canary_is_rolled_back_within_interval_times_threshold(
+    cluster, namespace, operator, model_uris
+):
+    apply(cluster, namespace, body(model_uris["v1"]))
+    stable = wait_stable(cluster, namespace)
+    apply(
+        cluster,
+        namespace,
+        body(model_uris["v1"], serving={"podLabels": {FAULT_LABEL: "crash-loop"}}),
+    )
+    started = time.monotonic()
+    wait_until(lambda: rolled_back(cluster, namespace), 30, "rollback")
+    elapsed = time.monotonic() - started
+    record = status(cluster, namespace)["lastRollback"]
+    assert record["check"] == "podsHealthy" and "CrashLoopBackOff" in record["observedValue"]
+    assert status(cluster, namespace)["stableRevision"] == stable
+    # interval 1s × failureThreshold 2, plus scheduling and kwok's own delay.
+    assert elapsed < 20, f"took {elapsed:.1f}s"
+
+
+def test_canary_answering_5xx_is_rolled_back_naming_the_metric(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    rollout = {
+        **FAST_ROLLOUT,
+        "stepDuration": "30s",
+        "analysis": {**FAST_ROLLOUT["analysis"], "compareMetadata": False},
+    }
+    apply(cluster, namespace, body(model_uris["v1"], rollout))
+    stable = wait_stable(cluster, namespace)
+    failing = body(model_uris["v1"], rollout)
+    failing["spec"]["model"].update(format="custom", customClass="fault_models:FailingModel")
+    apply(cluster, namespace, failing)
+
+    wait_until(lambda: rolled_back(cluster, namespace), 60, "rollback")
+    s = status(cluster, namespace)
+    record = s["lastRollback"]
+    assert record["check"] == "errorRate"
+    assert record["observedValue"] == "100%" and record["threshold"] == "5%"
+    assert record["samples"] >= 5 and record["window"] == "1s"
+    assert s["stableRevision"] == stable
+    assert s["history"][0]["outcome"] == "RolledBack"
+    metrics = operator.metrics()
+    assert metrics.get('modeldeploy_operator_rollbacks_total{reason="errorRate"}', 0) >= 1
+
+
+def test_slow_canary_is_rolled_back_on_p99_latency(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    analysis = {
+        **FAST_ROLLOUT["analysis"],
+        "compareMetadata": False,
+        "maxLatencyP99": "100ms",
+        "minRequests": 3,
+    }
+    rollout = {**FAST_ROLLOUT, "stepDuration": "30s", "analysis": analysis}
+    apply(cluster, namespace, body(model_uris["v1"], rollout))
+    wait_stable(cluster, namespace)
+    slow = body(model_uris["v1"], rollout)
+    slow["spec"]["model"].update(format="custom", customClass="fault_models:SlowModel")
+    apply(cluster, namespace, slow)
+    wait_until(lambda: rolled_back(cluster, namespace), 90, "rollback")
+    record = status(cluster, namespace)["lastRollback"]
+    assert record["check"] == "latencyP99" and record["threshold"] == "100ms"
+    assert int(record["observedValue"].removesuffix("ms")) > 100
+
+
+@pytest.mark.parametrize("policy", ["Hold", "Rollback"])
+def test_low_traffic_follows_on_inconclusive(
+    cluster, namespace, operator, pod_runner, model_uris, policy
+):
+    analysis = {
+        **FAST_ROLLOUT["analysis"],
+        "minRequests": 1000,
+        "onInconclusive": policy,
+        "maxInconclusive": 100,
+    }
+    rollout = {**FAST_ROLLOUT, "analysis": analysis}
+    apply(cluster, namespace, body(model_uris["v1"], rollout, version="v1"))
+    wait_stable(cluster, namespace)
+    apply(cluster, namespace, body(model_uris["v2"], rollout, version="v2"))
+    if policy == "Rollback":
+        wait_until(lambda: rolled_back(cluster, namespace), 60, "rollback on inconclusive")
+        record = status(cluster, namespace)["lastRollback"]
+        assert record["check"] == "requests" and record["threshold"] == ">= 1000"
+        return
+
+    def holding() -> bool:
+        analysis_status = status(cluster, namespace).get("analysis") or {}
+        return analysis_status.get("consecutiveInconclusive", 0) >= 5
+
+    wait_until(holding, 60, "five inconclusive intervals")
+    s = status(cluster, namespace)
+    assert s["phase"] == "Progressing" and s["currentStep"] == 0 and s["desiredWeight"] == 25
+    assert not s.get("lastRollback"), "low traffic must not abort"
+
+
+def test_rejected_revision_is_not_retried_until_the_retry_token_changes(
+    cluster, namespace, operator, model_uris
+):
+    apply(cluster, namespace, body(model_uris["v1"]))
+    wait_stable(cluster, namespace)
+    bad = body(model_uris["v1"], serving={"podLabels": {FAULT_LABEL: "crash-loop"}})
+    apply(cluster, namespace, bad)
+    wait_until(lambda: rolled_back(cluster, namespace), 30, "rollback")
+    rejected = status(cluster, namespace)["lastRollback"]["revision"]
+    time.sleep(4)  # several passes (resync 2 s, interval 1 s)
+    s = status(cluster, namespace)
+    assert not s.get("canaryRevision") and s["phase"] == "Degraded"
+    assert deployments(cluster, namespace)[rejected]["spec"]["replicas"] == 0
+
+    bad["spec"]["rollout"] = {**FAST_ROLLOUT, "retry": "try-again-1"}
+    apply(cluster, namespace, bad)
+    wait_until(lambda: status(cluster, namespace).get("canaryRevision") == rejected, 20, "retried")
+
+
+def test_operator_killed_mid_rollout_resumes_without_a_traffic_jump(
+    cluster, namespace, operator, pod_runner, traffic, model_uris, tmp_path
+):
+    rollout = {**FAST_ROLLOUT, "stepDuration": "6s"}
+    apply(cluster, namespace, body(model_uris["v1"], rollout, version="v1"))
+    old = wait_stable(cluster, namespace)
+    apply(cluster, namespace, body(model_uris["v2"], rollout, version="v2"))
+    wait_until(lambda: status(cluster, namespace).get("currentStep") == 1, 60, "second step")
+    operator.stop(signal.SIGKILL)
+    before = status(cluster, namespace)
+    second = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "second.log").start()
+    try:
+        time.sleep(1.5)
+        after = status(cluster, namespace)
+        assert after["currentStep"] >= before["currentStep"], "no restart from step 0"
+        assert after["canaryRevision"] == before["canaryRevision"]
+        assert after["desiredWeight"] >= before["desiredWeight"]
+
+        def promoted() -> bool:
+            s = status(cluster, namespace)
+            return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
+
+        wait_until(promoted, 90, "promoted after restart")
+    finally:
+        second.stop()
