@@ -14,6 +14,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.6.3}"
 CACHE="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
 KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
 BIN="$CACHE/$KEY/bin"
@@ -120,6 +121,17 @@ if [ ! -d "$CACHE/$KEY/kwok-stages" ]; then
   chmod -R u+w "$CACHE/$KEY/kwok-stages.tmp"
   mv "$CACHE/$KEY/kwok-stages.tmp" "$CACHE/$KEY/kwok-stages"
 fi
+
+# Gateway API CRDs (HTTPRoute for the canary router's tests), from the module that ships them.
+GATEWAY_DIR="$CACHE/gateway-api-$GATEWAY_API_VERSION"
+if [ ! -d "$GATEWAY_DIR" ]; then
+  gw_dir=$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  mkdir -p "$GATEWAY_DIR.tmp"
+  cp "$gw_dir"/config/crd/standard/gateway.networking.k8s.io_{gatewayclasses,gateways,httproutes,referencegrants}.yaml "$GATEWAY_DIR.tmp/"
+  chmod -R u+w "$GATEWAY_DIR.tmp"
+  mv "$GATEWAY_DIR.tmp" "$GATEWAY_DIR"
+fi
+ln -sfn "$GATEWAY_DIR" "$CACHE/$KEY/gateway-api-crds"
 
 log "all binaries ready in $BIN ($((SECONDS - start_all)) s)"
 echo "$BIN"

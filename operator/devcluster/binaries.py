@@ -33,6 +33,11 @@ class Binaries:
     bin_dir: Path
     kwok_stages: Path
 
+    @property
+    def gateway_api_crds(self) -> Path:
+        """The Gateway API's standard CRDs (GatewayClass, Gateway, HTTPRoute, ReferenceGrant)."""
+        return self.bin_dir.parent / "gateway-api-crds"
+
     def path(self, component: str) -> Path:
         return self.bin_dir / component
 

@@ -159,9 +159,32 @@ def reconcile(
     inputs = smoke_inputs(kube, md) if md.status.canary_revision == desired else []
     evidence = gather(md, observed, desired, now, {} if snapshots is None else snapshots, inputs)
     result = plan(md, observed, now, config, evidence)
+    missing_kinds = []
     for obj in result.apply:
         log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
-        apply_child(kube, obj)
+        try:
+            apply_child(kube, obj)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # The kind is not served (e.g. the Gateway API CRDs are not installed): say so in
+            # status and keep the rest of the model running.
+            missing_kinds.append(f"{obj['apiVersion']} {obj['kind']}")
+    if missing_kinds:
+        result.status["conditions"] = merge_conditions(
+            result.status.get("conditions"),
+            [
+                *[Condition(c["type"], c["status"] == "True", c["reason"], c.get("message", ""))
+                  for c in result.status.get("conditions", []) if c["type"] != "Stalled"],
+                Condition(
+                    "Stalled", True, "KindNotServed",
+                    f"the API server does not serve {', '.join(missing_kinds)}; "
+                    "install its CRDs (the gateway-api router needs the Gateway API)",
+                ),
+            ],
+            now=timestamp(now),
+            generation=md.metadata.generation,
+        )  # fmt: skip
     for ref in result.delete:
         log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
         kube.delete(ref.api_version, ref.kind, namespace, ref.name)

@@ -17,9 +17,12 @@ class _Wrapped:
 
 
 class FailingModel(_Wrapped):
-    """Every prediction raises: the server answers 500."""
+    """Passes the server's warm-up (a predict on zeros) but raises on real inputs: the server
+    turns Ready, then answers 500 to every request, as a model broken for real data would."""
 
     def predict(self, x):  # type: ignore[no-untyped-def]
+        if not x.any():
+            return self.model.predict(x)
         raise RuntimeError("injected failure")
 
 

@@ -156,12 +156,26 @@ def test_scale_change_keeps_the_revision(cluster, namespace, operator):
     assert [d["metadata"]["name"] for d in deployments(cluster, namespace)] == [f"fraud-{revision}"]
 
 
-def test_model_change_creates_new_revision_and_retires_the_old(cluster, namespace, operator):
-    apply(cluster, namespace, model_deployment(scaling={"replicas": 2}))
+FAST_ROLLOUT = {
+    "steps": [50, 100],
+    "stepDuration": "1s",
+    "analysis": {"interval": "1s", "minRequests": 0},
+}
+
+
+def real_model(uri: str, version: str) -> dict:
+    """A ModelDeployment whose pods run a real server (with the pod_runner fixture)."""
+    body = model_deployment(scaling={"replicas": 2}, rollout=FAST_ROLLOUT)
+    body["spec"]["model"].update(uri=uri, version=version)
+    return body
+
+
+def test_model_change_creates_new_revision_and_retires_the_old(
+    cluster, namespace, operator, pod_runner, model_uris
+):
+    apply(cluster, namespace, real_model(model_uris["v1"], "v1"))
     old = wait_ready(cluster, namespace)["status"]["stableRevision"]
-    changed = model_deployment(scaling={"replicas": 2})
-    changed["spec"]["model"].update(uri="s3://models/fraud/v8/model.joblib", version="v8")
-    apply(cluster, namespace, changed)
+    apply(cluster, namespace, real_model(model_uris["v2"], "v2"))
 
     def switched() -> bool:
         status = md(cluster, namespace).get("status", {})
@@ -169,13 +183,13 @@ def test_model_change_creates_new_revision_and_retires_the_old(cluster, namespac
 
     wait_until(switched, 60, "new revision serving")
     new = md(cluster, namespace)["status"]
-    assert new["stableVersion"] == "v8"
+    assert new["stableVersion"] == "v2"
     wait_until(lambda: len(deployments(cluster, namespace)) == 1, 30, "old revision retired")
     assert (
         deployments(cluster, namespace)[0]["metadata"]["name"] == f"fraud-{new['stableRevision']}"
     )
     reasons = {e["reason"] for e in kget(cluster, "events", "-n", namespace)["items"]}
-    assert {"RevisionCreated", "RevisionReady"} <= reasons
+    assert {"RevisionCreated", "CanaryStarted", "Promoted"} <= reasons
 
 
 def test_children_deleted_or_edited_by_hand_are_restored(cluster, namespace, operator):
@@ -262,26 +276,24 @@ def test_delete_garbage_collects_children(cluster, namespace, operator):
     )
 
 
-def test_restarted_operator_resumes_without_duplicates(cluster, namespace, operator, tmp_path):
-    apply(cluster, namespace, model_deployment(scaling={"replicas": 2}))
-    wait_ready(cluster, namespace)
+def test_restarted_operator_resumes_without_duplicates(
+    cluster, namespace, operator, pod_runner, model_uris, tmp_path
+):
+    apply(cluster, namespace, real_model(model_uris["v1"], "v1"))
+    old = wait_ready(cluster, namespace)["status"]["stableRevision"]
     operator.stop(signal.SIGKILL)
-    changed = model_deployment(scaling={"replicas": 2})
-    changed["spec"]["model"]["uri"] = "s3://models/fraud/v9/model.joblib"
-    apply(cluster, namespace, changed)  # happens while no operator runs
+    apply(cluster, namespace, real_model(model_uris["v2"], "v2"))  # while no operator runs
 
     second = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "second.log").start()
     try:
+        wait_until(
+            lambda: md(cluster, namespace)["status"].get("stableRevision") != old, 60, "promoted"
+        )
         wait_ready(cluster, namespace)
         wait_until(lambda: len(deployments(cluster, namespace)) == 1, 30, "old revision retired")
-        assert (
-            len(
-                kget(cluster, "services", "-n", namespace, "-l", "modeldeploy.io/name=fraud")[
-                    "items"
-                ]
-            )
-            == 1
-        )
+        selector = "modeldeploy.io/name=fraud"
+        services = kget(cluster, "services", "-n", namespace, "-l", selector)["items"]
+        assert len(services) == 1
     finally:
         second.stop()
 
