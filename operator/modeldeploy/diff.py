@@ -17,6 +17,9 @@ from .api import parse_quantity
 # rewrites to canonical form ("0.5" → "500m"): compare them by value.
 QUANTITY_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
 IGNORED_TOP_LEVEL = frozenset({"apiVersion", "kind", "status"})
+# Maps the operator owns whole: a key left over in the cluster is drift. A Service selector
+# pinned to a revision must lose the pin when traffic should spread over every revision.
+EXACT_KEYS = frozenset({"selector"})
 
 
 def _quantity(value: Any) -> Decimal | None:
@@ -34,6 +37,8 @@ def _present(key: str, value: Any, observed: dict[str, Any]) -> bool:
 
 
 def _matches(desired: Any, observed: Any, parent: str) -> bool:
+    if parent in EXACT_KEYS:
+        return bool(desired == observed)
     if isinstance(desired, dict):
         if not isinstance(observed, dict):
             return False

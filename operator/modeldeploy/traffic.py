@@ -61,8 +61,9 @@ def effective_weight(router: Router, weight: int, canary_ready: int, stable_read
 
 
 def weight_summary(desired: int, effective: float) -> str:
-    """`10% → 9.1%` for `kubectl get md`."""
-    return f"{desired}% → {effective:.3g}%"
+    """`10% → 9.1%` for `kubectl get md` (one decimal, none when it is .0)."""
+    shown = f"{effective:.1f}".removesuffix(".0")
+    return f"{desired}% → {shown}%"
 
 
 def pinned(service: dict[str, Any], revision: str | None) -> dict[str, Any]:

@@ -58,3 +58,9 @@ def test_a_changed_field_we_set_is_drift(change):
 
 def test_a_missing_object_never_matches():
     assert not matches(DESIRED, None)
+
+
+def test_a_selector_must_match_exactly():
+    desired = {"spec": {"selector": {"app": "a"}}}
+    assert matches(desired, {"spec": {"selector": {"app": "a"}}})
+    assert not matches(desired, {"spec": {"selector": {"app": "a", "pin": "r1"}}})

@@ -60,10 +60,10 @@ def test_rolled_out_children_make_no_writes_and_report_ready():
     assert result.status["phase"] == "Ready"
     assert (result.status["readyReplicas"], result.status["stableRevision"]) == (2, r)
     assert conditions(result.status)["Ready"] == "True"
-    assert [e.reason for e in result.events] == ["RevisionReady"]
+    assert [e.reason for e in result.events] == ["Ready"]
 
 
-def test_model_change_brings_up_the_new_revision_while_the_old_serves():
+def test_model_change_starts_a_canary_beside_the_stable_revision():
     old_md = make_md({"scaling": {"replicas": 2}})
     old = rev(old_md)
     md = make_md(
@@ -74,32 +74,51 @@ def test_model_change_brings_up_the_new_revision_while_the_old_serves():
         services=[pinned_service(old_md, old)],
     )
     result = plan(md, observed, NOW, CONFIG)
-    applied = {o["metadata"]["name"] for o in result.apply}
-    assert f"fraud-{rev(md)}" in applied
+    canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{rev(md)}")
+    assert canary["spec"]["replicas"] == 1, "one warm pod while the model gates run"
     assert result.delete == []
     assert result.status["phase"] == "Progressing"
-    assert result.status["stableRevision"] == old
-    assert conditions(result.status)["Ready"] == "True", "the old revision still serves"
+    assert result.status["stableRevision"] == old and result.status["canaryRevision"] == rev(md)
+    assert result.status["weightSummary"] == "0% → 0%"
+    assert conditions(result.status)["Ready"] == "True", "the stable revision still serves"
+    assert result.requeue_after is not None
 
 
-def test_new_revision_ready_switches_the_service_and_retires_the_old():
-    old_md = make_md({"scaling": {"replicas": 2}})
+def test_canary_at_a_middle_step_unpins_the_service():
+    old_md = make_md({"scaling": {"replicas": 4}})
     old = rev(old_md)
-    md = make_md({"scaling": {"replicas": 2}, **V8}, status={"stableRevision": old})
+    md = make_md(
+        {"scaling": {"replicas": 4}, "rollout": {"steps": [25, 100]}, **V8},
+        status={
+            "stableRevision": old,
+            "canaryRevision": "x",
+            "currentStep": 0,
+            "stepStartedAt": "2026-11-27T11:59:50Z",
+            "analysis": {"checks": [{"name": "modelMetadata", "outcome": "Passed"}]},
+        },
+    )
     new = rev(md)
+    md = make_md(
+        {"scaling": {"replicas": 4}, "rollout": {"steps": [25, 100]}, **V8},
+        status={
+            **md.status.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "canaryRevision": new,
+        },
+    )
     observed = Observed(
         deployments=[
-            observed_deployment(build_deployment(old_md, old, "img:1", 2)),
-            observed_deployment(build_deployment(md, new, "img:1", 2)),
+            observed_deployment(build_deployment(old_md, old, "img:1", 4)),
+            observed_deployment(build_deployment(md, new, "img:1", 1)),
         ],
         services=[pinned_service(old_md, old)],
     )
     result = plan(md, observed, NOW, CONFIG)
-    assert [(o["kind"], o["spec"]["selector"][REVISION]) for o in result.apply] == [
-        ("Service", new)
-    ]
-    assert [d.name for d in result.delete] == [f"fraud-{old}"]
-    assert result.status["phase"] == "Ready" and result.status["stableVersion"] == "v8"
+    service = next(o for o in result.apply if o["kind"] == "Service")
+    assert REVISION not in service["spec"]["selector"], "traffic spreads over both revisions"
+    assert result.status["desiredWeight"] == 25
+    assert result.status["weightSummary"] == "25% → 20%"
+    split = {c["type"]: c for c in result.status["conditions"]}["TrafficSplitExact"]
+    assert split["status"] == "True"
 
 
 def test_first_deploy_past_its_progress_deadline_is_degraded_and_stalled():
