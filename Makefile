@@ -60,10 +60,31 @@ crds: venv ## Generate the ModelDeployment CRD from the pydantic models (operato
 check-crds: venv ## Fail with a diff when the committed CRD differs from the generated one.
 	$(PY) -m modeldeploy.api.crd --check $(CRD_FILE)
 
+##@ Run
+.PHONY: run
+run: venv $(if $(KUBECONFIG),,control-plane) ## Run the operator with a demo model (embedded control plane unless KUBECONFIG is set).
+	$(PY) hack/run_demo.py
+
 ##@ Benchmarks
 .PHONY: bench-control-plane
 bench-control-plane: venv control-plane ## Time warm starts of the embedded control plane; writes docs/benchmarks.md.
 	$(PY) bench/control_plane.py
+
+.PHONY: bench-rollout
+bench-rollout: venv control-plane ## Time rollbacks per fault kind and a good canary's promotion; writes docs/benchmarks.md.
+	$(PY) bench/rollout.py $(BENCH_ARGS)
+
+##@ Serving
+.PHONY: bench-serving
+bench-serving: venv ## Benchmark the serving image vs MLServer, KServe and a naive app (~30 min); writes docs/benchmarks.md.
+	$(PY) bench/serving/run.py --write-docs $(BENCH_ARGS)
+
+.PHONY: serve-demo
+serve-demo: venv ## Train a small iris model and serve it on 127.0.0.1:8080 (Ctrl-C stops).
+	mkdir -p .bench/demo
+	$(PY) -c 'import joblib; from sklearn.datasets import load_iris; from sklearn.linear_model import LogisticRegression as L; x, y = load_iris(return_X_y=True); joblib.dump(L(max_iter=500).fit(x, y), ".bench/demo/iris.joblib")'
+	echo "try: curl -s localhost:8080/v2/models/iris/infer -H 'Content-Type: application/json' -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}]}'"
+	$(PY) -m modelserver --model-uri .bench/demo/iris.joblib --model-name iris --port 8080
 
 ##@ Local control plane
 .PHONY: cluster-up

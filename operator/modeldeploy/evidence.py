@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelserver import metric_names as names
+import modelserver.metric_names as names
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api import CheckOutcome, MetricSourceType, ModelDeployment, parse_duration

@@ -155,6 +155,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
         field="status.kopf.lastHandledConfiguration"
     )
+    # No cluster-wide namespace listing or CRD watching: the watched namespaces are exact names
+    # and the resources are known at start, and the least-privilege RBAC grants neither.
+    settings.scanning.disabled = True
     settings.posting.reporting_component = "modeldeploy"
     settings.posting.event_name_prefix = "modeldeploy-"
     settings.execution.max_workers = 8

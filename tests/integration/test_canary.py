@@ -268,7 +268,21 @@ def test_rejected_revision_is_not_retried_until_the_retry_token_changes(
 
     bad["spec"]["rollout"] = {**FAST_ROLLOUT, "retry": "try-again-1"}
     apply(cluster, namespace, bad)
-    wait_until(lambda: status(cluster, namespace).get("canaryRevision") == rejected, 20, "retried")
+
+    def retried() -> bool:
+        # Retried: a canary again — which, still crash-looping, is soon rejected again, this time
+        # under the new token.
+        s = status(cluster, namespace)
+        tokens = [
+            r.get("retryToken") for r in s.get("rejectedRevisions", []) if r["revision"] == rejected
+        ]
+        return s.get("canaryRevision") == rejected or tokens == ["try-again-1"]
+
+    wait_until(retried, 30, "retried under the new token")
+    history = [
+        h["outcome"] for h in status(cluster, namespace)["history"] if h["revision"] == rejected
+    ]
+    assert history.count("RolledBack") in (1, 2)
 
 
 def test_operator_killed_mid_rollout_resumes_without_a_traffic_jump(

@@ -6,8 +6,7 @@ with exactly the permissions the manifests grant — and with no more:
 - every overlay and the example pass a server-side dry run, without Pod Security warnings;
 - the operator runs as the `modeldeploy-operator` ServiceAccount, with a token minted for it and
   the RBAC of each variant installed for real, and brings the example ModelDeployment to Ready
-  with no request refused by RBAC (in its log, and in the API server's audit log) — except, for
-  now, kopf's own cluster-scoped scanning, see KOPF_SCANNING_REQUEST;
+  with no request refused by RBAC (in its log, and in the API server's audit log);
 - `kubectl auth can-i` confirms that the account cannot read Secrets, create Pods, touch RBAC or
   act outside its namespaces, and the rules are exactly the table below, without wildcards;
 - the operator Deployment is admitted where the "restricted" Pod Security Standard is enforced;
@@ -74,15 +73,6 @@ EXPECTED_RULES = frozenset(
     }
 )
 
-# kopf, unless told `settings.scanning.disabled = True`, lists namespaces (namespaced mode) and
-# watches CRDs (both modes) to follow changes at run time. Both are cluster-scoped reads the
-# operator does not need (its namespaces are exact names, its resources known at start), so the
-# RBAC does not grant them; kopf retries, then falls back to what it was given. Tolerated in the
-# log only while the operator leaves scanning on (see test_kopf_scanning_is_disabled).
-KOPF_SCANNING_REQUEST = re.compile(
-    r"GET \S+/(api/v1/namespaces|apis/apiextensions\.k8s\.io/v1/customresourcedefinitions)"
-    r"(\?\S*)? -> APIForbiddenError"
-)
 # The RBAC authorizer's refusal, wherever it is quoted (kopf's log line, an ApiException body).
 RBAC_DENIAL = re.compile(r"cannot [a-z]+ resource")
 
@@ -142,19 +132,14 @@ def kopf_scanning_disabled() -> bool:
 
 
 def authorization_failures(log: str, *, strict: bool) -> list[str]:
-    """Log lines reporting a refused API request; kopf's scanning requests while tolerated.
+    """Log lines reporting a refused API request.
 
     strict: any 403/Forbidden counts. Otherwise (cluster-wide, where the operator also meets
     other tests' ModelDeployments in namespaces being deleted, which the API server refuses with
     403 for a reason other than RBAC) only the RBAC authorizer's refusals count.
     """
-    tolerated = None if kopf_scanning_disabled() else KOPF_SCANNING_REQUEST
     pattern = re.compile(r"\b403\b|forbidden", re.I) if strict else RBAC_DENIAL
-    return [
-        line
-        for line in log.splitlines()
-        if pattern.search(line) and not (tolerated and tolerated.search(line))
-    ]
+    return [line for line in log.splitlines() if pattern.search(line)]
 
 
 @dataclass
@@ -353,10 +338,7 @@ def check_audit(cluster, install: Install) -> None:
 # ------------------------------------------------------------------------- the files themselves
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_crd_in_the_kustomization_is_the_generated_one(cluster, overlay: str) -> None:
-    copy_ = MANIFESTS / "base" / "crds" / "modeldeploy.io_modeldeployments.yaml"
     generated = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
-    stale = f"manifests/base/crds is stale: cp {generated.relative_to(REPO)} {copy_.parent}/"
-    assert copy_.read_bytes() == generated.read_bytes(), stale
     # Rendered: the same object, plus what keeps GitOps tools from ever deleting it.
     crd = only(render(cluster, MANIFESTS / overlay), "CustomResourceDefinition")
     annotations = crd["metadata"].pop("annotations")
@@ -367,17 +349,10 @@ def test_crd_in_the_kustomization_is_the_generated_one(cluster, overlay: str) ->
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "operator change pending: configure_settings() in operator/modeldeploy/handlers.py should "
-        "set settings.scanning.disabled = True, so kopf does not list namespaces and watch CRDs "
-        "(cluster-scoped reads the least-privilege RBAC does not grant; kopf retries them for "
-        "about a minute, and in namespaced mode starts its watches only after that). Once it "
-        "does, remove this marker: the log checks below then allow no 403 at all."
-    ),
-)
 def test_kopf_scanning_is_disabled() -> None:
+    """kopf would otherwise list namespaces and watch CRDs cluster-wide: reads the operator does
+    not need (its namespaces are exact names, its resources known at start) and the RBAC does
+    not grant."""
     assert kopf_scanning_disabled()
 
 

@@ -1,0 +1,143 @@
+"""Run the operator and send traffic the way a cluster would, for tests and benchmarks.
+
+`OperatorProcess` runs `python -m modeldeploy` exactly as its container does, against any
+kubeconfig. `Traffic` sends inference requests to every ready serving pod that a `PodRunner`
+keeps a real server for, as a Service spreads requests over its endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .podrunner import PodRunner
+from .processes import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m modeldeploy` against a kubeconfig, with its log in a file."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, **env: str):
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "MODELDEPLOY_NAMESPACES": namespace,
+            "MODELDEPLOY_RESYNC_SECONDS": "2",
+            "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
+            "MODELDEPLOY_HEALTH_PORT": str(free_port()),
+            "MODELDEPLOY_SERVING_IMAGE": "registry.example/modelserver:test",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modeldeploy"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
+        wait_until(
+            lambda: "Initial authentication has finished" in self.log(), 30, "operator start"
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's /metrics as {series: value} (labels inline, as exposed)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                values[series] = float(value)
+        return values
+
+
+class Traffic:
+    """Inference requests to every running serving pod in a namespace, as a Service would send."""
+
+    BODY = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": [1, 4],
+                    "data": [0.1, 0.2, 0.3, 0.4],
+                }
+            ]
+        }
+    ).encode()
+
+    def __init__(self, runner: PodRunner, model: str, interval: float = 0.02):
+        self.runner, self.model, self.interval = runner, model, interval
+        self.sent = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for url in self.urls():
+                request = urllib.request.Request(
+                    url, data=self.BODY, headers={"Content-Type": "application/json"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=2) as response:
+                        response.read()
+                except urllib.error.HTTPError:
+                    self.errors += 1
+                except OSError:
+                    continue
+                self.sent += 1
+
+    def urls(self) -> list[str]:
+        return [f"http://{ip}:8080/v2/models/{self.model}/infer" for ip in self.runner.ready_ips()]
+
+    def start(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
