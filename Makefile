@@ -70,6 +70,10 @@ run: venv $(if $(KUBECONFIG),,control-plane) ## Run the operator with a demo mod
 bench-control-plane: venv control-plane ## Time warm starts of the embedded control plane; writes docs/benchmarks.md.
 	$(PY) bench/control_plane.py
 
+.PHONY: bench-reconcile
+bench-reconcile: venv control-plane ## Time apply → children → Ready, and count API calls of idle passes; writes docs/benchmarks.md.
+	$(PY) bench/reconcile.py $(BENCH_ARGS)
+
 .PHONY: bench-rollout
 bench-rollout: venv control-plane ## Time rollbacks per fault kind and a good canary's promotion; writes docs/benchmarks.md.
 	$(PY) bench/rollout.py $(BENCH_ARGS)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devcluster import FAULT_LABEL, LocalCluster, ensure_binaries, wait_until
-from devcluster.harness import OperatorProcess, Traffic
+from devcluster.harness import OperatorProcess, Traffic, train_models
 from devcluster.podrunner import PodRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,22 +39,6 @@ class Scenario:
     rollout: dict
     fault: dict  # changes to spec for the bad (or good) revision
     good: bool = False
-
-
-def train(directory: Path) -> dict[str, str]:
-    import joblib
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(400, 4))
-    uris = {}
-    for version, flip in (("v1", 1.0), ("v2", -1.0)):
-        y = (flip * x[:, 0] + x[:, 1] > 0).astype(int)
-        path = directory / f"{version}.joblib"
-        joblib.dump(LogisticRegression().fit(x, y), path)
-        uris[version] = f"file://{path}"
-    return uris
 
 
 def scenarios(uris: dict[str, str]) -> list[Scenario]:
@@ -176,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         work = Path(tmp)
-        uris = train(work)
+        uris = train_models(work)
         cluster = LocalCluster(work / "cluster", ensure_binaries()).start()
         try:
             crd = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"

@@ -141,3 +141,21 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def train_models(directory: Path) -> dict[str, str]:
+    """Two small scikit-learn classifiers with the same 4 inputs and different weights (v1, v2),
+    as file:// URIs: a stable revision and a canary that really differ."""
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(400, 4))
+    uris = {}
+    for version, flip in (("v1", 1.0), ("v2", -1.0)):
+        y = (flip * x[:, 0] + x[:, 1] > 0).astype(int)
+        path = directory / f"{version}.joblib"
+        joblib.dump(LogisticRegression().fit(x, y), path)
+        uris[version] = f"file://{path}"
+    return uris

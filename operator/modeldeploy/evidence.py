@@ -35,8 +35,17 @@ from .judge import (
     judge_metrics,
     judge_pods,
 )
+from .naming import OWNER
 from .observed import Observed
-from .rollout import Evidence, analysis_due, gates_passed, is_rejected, needed_gates, promoted_at
+from .rollout import (
+    Evidence,
+    analysis_due,
+    gates_passed,
+    in_rollback_window,
+    is_rejected,
+    needed_gates,
+    previous_revision,
+)
 
 log = logging.getLogger("modeldeploy.evidence")
 HTTP_TIMEOUT = 3.0
@@ -49,8 +58,8 @@ class PodSample:
     buckets: dict[float, float] = field(default_factory=dict)
 
 
-# (namespace, pod name) -> the pod's cumulative series at the last analysis.
-Snapshots = dict[tuple[str, str], PodSample]
+# (namespace, ModelDeployment, pod) -> the pod's cumulative series at the last analysis.
+Snapshots = dict[tuple[str, str, str], PodSample]
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -118,7 +127,8 @@ def scrape_revision(
         except (OSError, ValueError) as error:
             log.info("scrape %s failed: %s", url, error)
             continue
-        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta.get("labels", {}).get(OWNER, ""), meta["name"])
         window = _delta(current, snapshots.get(key))
         snapshots[key] = current
         read += 1
@@ -241,6 +251,7 @@ def gather(
     smoke_inputs: list[dict[str, Any]],
 ) -> Evidence:
     """The evidence this pass needs, given what status says is going on."""
+    forget_gone_pods(snapshots, observed)
     status = md.status
     stable = status.stable_revision
     canary = status.canary_revision
@@ -263,12 +274,8 @@ def gather(
                 read_metrics(md, observed, stable, snapshots),
             )
         return Evidence(pods=pods, metrics=metrics, gates=gates)
-    window = parse_duration(md.spec.rollout.rollback_window)
-    since = promoted_at(md, stable)
-    if window > 0 and since is not None and (now - since).total_seconds() < window:
-        previous = next(
-            (h.revision for h in status.history[1:] if observed.deployment_for(h.revision)), None
-        )
+    if in_rollback_window(md, stable, now):
+        previous = previous_revision(md, stable, set(observed.revisions()))
         signals = judge_pods(observed.pods_of(stable), None, now, md.spec.rollout.progress_deadline)
         failing = signals if signals.outcome == CheckOutcome.FAILED else None
         metrics = None
@@ -279,6 +286,17 @@ def gather(
             )
         return Evidence(pods=failing, metrics=metrics)
     return Evidence()
+
+
+def forget_gone_pods(snapshots: Snapshots, observed: Observed) -> None:
+    """Drop the remembered scrapes of this ModelDeployment's pods that no longer exist."""
+    if not observed.pods:
+        return
+    namespace = observed.pods[0]["metadata"]["namespace"]
+    owner = observed.pods[0]["metadata"].get("labels", {}).get(OWNER)
+    live = {p["metadata"]["name"] for p in observed.pods}
+    for key in [k for k in snapshots if k[0] == namespace and k[1] == owner and k[2] not in live]:
+        del snapshots[key]
 
 
 def _timed_out(gate: Check) -> Check:

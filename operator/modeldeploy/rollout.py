@@ -187,16 +187,7 @@ def next_state(
 
     if desired == state.stable:
         if state.canary is not None:  # the spec went back to stable mid-canary
-            state.history = _history(
-                md,
-                _entry(
-                    md,
-                    state.canary,
-                    RolloutOutcome.SUPERSEDED,
-                    now,
-                    "spec returned to the stable revision",
-                ),
-            )
+            _supersede(md, state, now, "spec returned to the stable revision")
             state.events.append(
                 Event("Normal", "CanaryAborted", f"spec returned to stable {state.stable}")
             )
@@ -205,22 +196,13 @@ def next_state(
         return _watch_window(md, _with_previous(md, state, existing, now), evidence, now)
 
     if is_rejected(md, desired):
-        state.canary, state.analysis = None, state.analysis
+        state.canary = None
         state.scaled_to_zero = desired
         return state
 
     if state.canary != desired:
         if state.canary is not None:
-            state.history = _history(
-                md,
-                _entry(
-                    md,
-                    state.canary,
-                    RolloutOutcome.SUPERSEDED,
-                    now,
-                    f"replaced by revision {desired}",
-                ),
-            )
+            _supersede(md, state, now, f"replaced by revision {desired}")
         state.canary, state.canary_version = desired, version
         state.step, state.step_started_at = 0, stamp(now)
         state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
@@ -254,17 +236,33 @@ def _entry(
     return entry
 
 
+def _supersede(md: ModelDeployment, state: RolloutState, now: dt.datetime, why: str) -> None:
+    """Record that the current canary stopped without a verdict."""
+    assert state.canary is not None
+    state.history = _history(md, _entry(md, state.canary, RolloutOutcome.SUPERSEDED, now, why))
+
+
+def previous_revision(md: ModelDeployment, stable: str, existing: set[str]) -> str | None:
+    """The revision kept warm after a promotion: the one Deployment left besides stable's that
+    was not rejected (the planner deletes every other revision once a rollout ends)."""
+    rejected = {r.revision for r in md.status.rejected_revisions}
+    others = sorted(existing - {stable} - rejected)
+    return others[0] if others else None
+
+
+def in_rollback_window(md: ModelDeployment, stable: str, now: dt.datetime) -> bool:
+    """True while `stable` was promoted less than spec.rollout.rollbackWindow ago."""
+    window = parse_duration(md.spec.rollout.rollback_window)
+    since = promoted_at(md, stable)
+    return window > 0 and since is not None and (now - since).total_seconds() < window
+
+
 def _with_previous(
     md: ModelDeployment, state: RolloutState, existing: set[str], now: dt.datetime
 ) -> RolloutState:
     """Keep the last stable warm for rollbackWindow after a promotion, then let it go."""
-    window = parse_duration(md.spec.rollout.rollback_window)
-    since = promoted_at(md, state.stable)
-    others = existing - {state.stable}
-    if window > 0 and since is not None and (now - since).total_seconds() < window:
-        candidates = [h.revision for h in md.status.history if h.revision in others]
-        previous = md.status.history[1].revision if len(md.status.history) > 1 else None
-        state.previous = previous if previous in others else (candidates[0] if candidates else None)
+    if in_rollback_window(md, state.stable, now):
+        state.previous = previous_revision(md, state.stable, existing)
     return state
 
 

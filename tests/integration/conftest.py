@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devcluster.harness import OperatorProcess, Traffic
+from devcluster.harness import OperatorProcess, Traffic, free_port, train_models
 
-__all__ = ["OperatorProcess", "Traffic", "kget"]
+__all__ = ["OperatorProcess", "Traffic", "free_port", "kget"]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
@@ -44,20 +44,7 @@ def operator(cluster, namespace, crds, tmp_path) -> Iterator[OperatorProcess]:
 @pytest.fixture(scope="session")
 def model_uris(tmp_path_factory) -> dict[str, str]:
     """Two real scikit-learn models with the same inputs (4 features) and different weights."""
-    import joblib
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    directory = tmp_path_factory.mktemp("models")
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(400, 4))
-    uris = {}
-    for version, flip in (("v1", 1.0), ("v2", -1.0)):
-        y = (flip * x[:, 0] + x[:, 1] > 0).astype(int)
-        path = directory / f"{version}.joblib"
-        joblib.dump(LogisticRegression().fit(x, y), path)
-        uris[version] = f"file://{path}"
-    return uris
+    return train_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture

@@ -1,0 +1,53 @@
+"""Reading the model server's /metrics: one model's inference series, and windows between scrapes."""
+
+from __future__ import annotations
+
+from modeldeploy.evidence import PodSample, _delta, forget_gone_pods, parse_pod_metrics
+from modeldeploy.observed import Observed
+
+TEXT = """
+# TYPE modelserver_requests_total counter
+modelserver_requests_total{model="fraud",version="r1",endpoint="infer",code="200"} 90
+modelserver_requests_total{model="fraud",version="r1",endpoint="infer",code="500"} 10
+modelserver_requests_total{model="fraud",version="r1",endpoint="predict",code="503"} 5
+modelserver_requests_total{model="fraud",version="r1",endpoint="ready",code="200"} 1000
+modelserver_requests_total{model="other",version="r1",endpoint="infer",code="500"} 7
+# TYPE modelserver_request_duration_seconds histogram
+modelserver_request_duration_seconds_bucket{model="fraud",version="r1",endpoint="infer",le="0.01"} 80
+modelserver_request_duration_seconds_bucket{model="fraud",version="r1",endpoint="infer",le="+Inf"} 100
+modelserver_request_duration_seconds_count{model="fraud",version="r1",endpoint="infer"} 100
+modelserver_request_duration_seconds_sum{model="fraud",version="r1",endpoint="infer"} 1.5
+"""
+
+
+def test_only_this_models_inference_requests_count():
+    sample = parse_pod_metrics(TEXT, "fraud")
+    assert (sample.requests, sample.errors) == (105, 15), "health checks and other models excluded"
+    assert sample.buckets == {0.01: 80, float("inf"): 100}
+
+
+def test_the_window_is_the_increase_since_the_last_scrape():
+    before = PodSample(100, 10, {0.01: 80, float("inf"): 100})
+    now = PodSample(150, 12, {0.01: 120, float("inf"): 150})
+    window = _delta(now, before)
+    assert (window.requests, window.errors) == (50, 2)
+    assert window.buckets == {0.01: 40, float("inf"): 50}
+
+
+def test_a_restarted_pod_counts_from_zero():
+    assert _delta(PodSample(5, 0), PodSample(100, 0)).requests == 5
+    assert _delta(PodSample(5, 0), None).requests == 5
+
+
+def test_scrapes_of_deleted_pods_are_forgotten():
+    pod = {
+        "metadata": {
+            "namespace": "ml",
+            "name": "fraud-a",
+            "labels": {"modeldeploy.io/name": "fraud"},
+        }
+    }
+    snapshots = {("ml", "fraud", "fraud-a"): PodSample(), ("ml", "fraud", "fraud-gone"): PodSample(),
+                 ("ml", "other", "other-x"): PodSample()}  # fmt: skip
+    forget_gone_pods(snapshots, Observed(pods=[pod]))
+    assert set(snapshots) == {("ml", "fraud", "fraud-a"), ("ml", "other", "other-x")}
