@@ -133,5 +133,20 @@ if [ ! -d "$GATEWAY_DIR" ]; then
 fi
 ln -sfn "$GATEWAY_DIR" "$CACHE/$KEY/gateway-api-crds"
 
+# Prometheus (the canary analysis' PromQL source), from Debian's package: unpacked, not installed,
+# so nothing is started or configured system-wide.
+if [ ! -x "$CACHE/$KEY/prometheus/prometheus" ] && command -v apt-get >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; }); then
+    dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
+    mkdir -p "$CACHE/$KEY/prometheus"
+    cp "$tmp/x/usr/bin/prometheus" "$CACHE/$KEY/prometheus/prometheus"
+    log "prometheus: $("$CACHE/$KEY/prometheus/prometheus" --version 2>&1 | head -n 1)"
+  else
+    log "prometheus: the Debian package could not be downloaded; its tests will be skipped"
+  fi
+  rm -rf "$tmp"
+fi
+
 log "all binaries ready in $BIN ($((SECONDS - start_all)) s)"
 echo "$BIN"

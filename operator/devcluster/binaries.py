@@ -34,6 +34,11 @@ class Binaries:
     kwok_stages: Path
 
     @property
+    def prometheus(self) -> Path:
+        """Prometheus from Debian's package (may be absent where apt cannot reach Debian)."""
+        return self.bin_dir.parent / "prometheus" / "prometheus"
+
+    @property
     def gateway_api_crds(self) -> Path:
         """The Gateway API's standard CRDs (GatewayClass, Gateway, HTTPRoute, ReferenceGrant)."""
         return self.bin_dir.parent / "gateway-api-crds"

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class PodRunner:
     selector: str = SERVER_COMPONENT_SELECTOR
     pythonpath: list[str] = field(default_factory=list)
     poll_seconds: float = 0.5
+    # Called after each sync with [(host:port, labels)] of the ready pods (e.g. a Prometheus
+    # server's file_sd writer), as service discovery would see them.
+    on_targets: Callable[[list[tuple[str, dict[str, str]]]], None] | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     pod_ips: dict[str, str] = field(default_factory=dict)
     ready: dict[str, bool] = field(default_factory=dict)
@@ -88,6 +92,14 @@ class PodRunner:
                 self._set_ready(name, False)
             elif self.ready.get(name) != self._probe(name, pod):
                 self._set_ready(name, not self.ready.get(name))
+        if self.on_targets is not None:
+            self.on_targets(
+                [
+                    (f"{self.pod_ips[name]}:{_port(pod)}", {"pod": name, **_revision(pod)})
+                    for name, pod in live.items()
+                    if self.ready.get(name)
+                ]
+            )
 
     def ready_ips(self) -> list[str]:
         """IPs of pods whose server is ready: where a Service would send requests."""
@@ -96,8 +108,7 @@ class PodRunner:
     def _probe(self, name: str, pod: dict) -> bool:
         if self.processes[name].poll() is not None:
             return False
-        port = pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8080)
-        url = f"http://{self.pod_ips[name]}:{port}/v2/health/ready"
+        url = f"http://{self.pod_ips[name]}:{_port(pod)}/v2/health/ready"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return bool(response.status == 200)
@@ -149,3 +160,12 @@ class PodRunner:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _port(pod: dict) -> int:
+    return int(pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8080))
+
+
+def _revision(pod: dict) -> dict[str, str]:
+    revision = pod["metadata"].get("labels", {}).get("modeldeploy.io/revision")
+    return {"revision": revision} if revision else {}

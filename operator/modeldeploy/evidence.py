@@ -49,6 +49,7 @@ from .rollout import (
 
 log = logging.getLogger("modeldeploy.evidence")
 HTTP_TIMEOUT = 3.0
+PROMQL_MIN_WINDOW = 30
 
 
 @dataclass
@@ -182,7 +183,10 @@ def read_metrics(
     source = md.spec.rollout.analysis.metric_source
     model = md.spec.model.name or str(md.metadata.name)
     if source.type == MetricSourceType.PROMETHEUS and source.prometheus_url:
-        window = f"{max(int(parse_duration(md.spec.rollout.analysis.interval)), 1)}s"
+        # At least 30 s, so that a Prometheus scraping every 15 s has two samples to diff.
+        window = (
+            f"{max(int(parse_duration(md.spec.rollout.analysis.interval)), PROMQL_MIN_WINDOW)}s"
+        )
         return query_prometheus(source.prometheus_url, model, revision, window)
     return scrape_revision(observed.pods_of(revision), md.spec.serving.port, model, snapshots)
 

@@ -102,10 +102,13 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
         runtime.due[key] = time.monotonic() + result.plan.requeue_after
     weight = result.plan.status.get("effectiveWeight")
     runtime.metrics.canary_weight.labels(namespace=namespace, name=name).set(weight or 0)
-    for event in result.events:
-        if event.reason == "RolledBack":
-            reason = result.plan.status.get("lastRollback", {}).get("check", "unknown")
-            runtime.metrics.rollbacks.labels(reason=reason).inc()
+    if any(event.reason == "RolledBack" for event in result.events):
+        record = result.plan.status.get("lastRollback", {})
+        reason = record.get("check", "unknown")
+        runtime.metrics.rollbacks.labels(reason=reason).inc()
+        detect = str(record.get("timeToDetect", "")).removesuffix("s")
+        if detect.replace(".", "", 1).isdigit():
+            runtime.metrics.time_to_rollback.labels(reason=reason).observe(float(detect))
     stamp = runtime.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
     for event in result.events:
         try:

@@ -39,6 +39,11 @@ class OperatorMetrics:
             f"{PREFIX}_rollbacks_total", "Automatic rollbacks by the check that failed.",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.time_to_rollback = Histogram(
+            f"{PREFIX}_time_to_rollback_seconds",
+            "From the canary's start to its rollback, by the check that failed.",
+            ["reason"], buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=r,
+        )  # fmt: skip
         self.canary_weight = Gauge(
             f"{PREFIX}_canary_weight_percent", "Effective canary traffic weight.",
             ["namespace", "name"], registry=r,

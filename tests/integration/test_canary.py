@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from conftest import OperatorProcess, Traffic, kget
@@ -199,6 +201,10 @@ def test_canary_answering_5xx_is_rolled_back_naming_the_metric(
     assert s["history"][0]["outcome"] == "RolledBack"
     metrics = operator.metrics()
     assert metrics.get('modeldeploy_operator_rollbacks_total{reason="errorRate"}', 0) >= 1
+    assert (
+        metrics.get('modeldeploy_operator_time_to_rollback_seconds_count{reason="errorRate"}', 0)
+        >= 1
+    )
 
 
 def test_slow_canary_is_rolled_back_on_p99_latency(
@@ -372,3 +378,48 @@ def test_gateway_api_weights_follow_the_steps(
         return found.returncode != 0
 
     wait_until(canary_service_gone, 30, "canary Service removed after promotion")
+
+
+@pytest.fixture
+def prometheus(cluster, pod_runner, tmp_path):
+    """A real Prometheus (Debian's package) scraping every ready serving pod each second."""
+    from devcluster.prometheus import PrometheusServer
+
+    binary = cluster.local.binaries.prometheus
+    if not binary.exists():
+        pytest.skip(
+            "Prometheus is not in the cache (hack/build-control-plane.sh could not fetch it)"
+        )
+    server = PrometheusServer(binary, tmp_path / "prometheus").start()
+    pod_runner.on_targets = server.write_targets
+    yield server
+    server.stop()
+
+
+def test_prometheus_source_rolls_back_a_failing_canary(
+    cluster, namespace, operator, pod_runner, prometheus, traffic, model_uris
+):
+    analysis = {
+        **FAST_ROLLOUT["analysis"],
+        "compareMetadata": False,
+        "metricSource": {"type": "prometheus", "prometheusUrl": prometheus.url},
+    }
+    rollout = {**FAST_ROLLOUT, "stepDuration": "60s", "analysis": analysis}
+    apply(cluster, namespace, body(model_uris["v1"], rollout))
+    stable = wait_stable(cluster, namespace)
+    failing = body(model_uris["v1"], rollout)
+    failing["spec"]["model"].update(format="custom", customClass="fault_models:FailingModel")
+    apply(cluster, namespace, failing)
+
+    wait_until(lambda: rolled_back(cluster, namespace), 90, "rollback judged from PromQL")
+    s = status(cluster, namespace)
+    record = s["lastRollback"]
+    assert record["check"] == "errorRate" and record["threshold"] == "5%"
+    assert float(record["observedValue"].removesuffix("%")) > 5 and record["samples"] >= 5
+    assert s["stableRevision"] == stable
+    # The verdict came from Prometheus: it holds the canary revision's series.
+    query = f'sum(modelserver_requests_total{{version="{record["revision"]}",code="500"}})'
+    url = f"{prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        answer = json.loads(response.read())
+    assert float(answer["data"]["result"][0]["value"][1]) > 0
