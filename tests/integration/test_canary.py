@@ -22,7 +22,7 @@ pytestmark = pytest.mark.cluster
 FAST_ROLLOUT = {
     "steps": [25, 50, 100],
     "stepDuration": "2s",
-    "progressDeadline": "20s",
+    "progressDeadline": "60s",
     "analysis": {"interval": "1s", "failureThreshold": 2, "minRequests": 5, "maxInconclusive": 30},
 }
 
