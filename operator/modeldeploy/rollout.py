@@ -148,8 +148,9 @@ def promoted_at(md: ModelDeployment, revision: str) -> dt.datetime | None:
     return None
 
 
-def _history(md: ModelDeployment, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [entry, *_dump(list(md.status.history))][:MAX_HISTORY]
+def _history(state: RolloutState, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Newest first, bounded: status.history never grows past MAX_HISTORY entries."""
+    return [entry, *state.history][:MAX_HISTORY]
 
 
 def next_state(
@@ -239,7 +240,7 @@ def _entry(
 def _supersede(md: ModelDeployment, state: RolloutState, now: dt.datetime, why: str) -> None:
     """Record that the current canary stopped without a verdict."""
     assert state.canary is not None
-    state.history = _history(md, _entry(md, state.canary, RolloutOutcome.SUPERSEDED, now, why))
+    state.history = _history(state, _entry(md, state.canary, RolloutOutcome.SUPERSEDED, now, why))
 
 
 def previous_revision(md: ModelDeployment, stable: str, existing: set[str]) -> str | None:
@@ -385,7 +386,7 @@ def _promote(
     assert state.canary is not None
     old = state.stable
     entry = _entry(md, state.canary, RolloutOutcome.PROMOTED, now, f"promoted over {old}", started)
-    state.history = _history(md, entry)
+    state.history = _history(state, entry)
     state.events.append(
         Event("Normal", "Promoted", f"revision {state.canary} is stable (was {old})")
     )
@@ -437,7 +438,7 @@ def _roll_back(
     }
     state.rejected = ([entry, *rejected])[:MAX_REJECTED]
     state.history = _history(
-        md, _entry(md, canary, RolloutOutcome.ROLLED_BACK, now, message, started)
+        state, _entry(md, canary, RolloutOutcome.ROLLED_BACK, now, message, started)
     )
     state.events.append(Event("Warning", "RolledBack", f"revision {canary} rolled back: {message}"))
     state.scaled_to_zero = canary
