@@ -171,3 +171,76 @@ def test_status_is_stable_across_passes():
     second = plan(again, observed, NOW + dt.timedelta(minutes=5), CONFIG)
     assert second.status == first.status
     assert second.events == []
+
+
+def canary_md(spec: dict, stable: str, canary: str, step: int, gates: bool = True):
+    status = {
+        "stableRevision": stable,
+        "canaryRevision": canary,
+        "currentStep": step,
+        "stepStartedAt": "2026-11-27T11:59:50Z",
+        "analysis": {"checks": [{"name": "modelMetadata", "outcome": "Passed"}] if gates else []},
+    }
+    return make_md(spec, status=status)
+
+
+def test_canary_is_sized_from_the_hpa_s_choice_and_the_hpa_keeps_the_stable_replicas():
+    scaling = {"minReplicas": 2, "maxReplicas": 10}
+    old_md = make_md({"scaling": scaling})
+    old = rev(old_md)
+    stable = observed_deployment(build_deployment(old_md, old, "img:1", 6))
+    stable["metadata"]["managedFields"] = [
+        {"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+    ]
+    spec = {"scaling": scaling, "rollout": {"steps": [50, 100]}, **V8}
+    new = rev(make_md(spec))
+    md = canary_md(spec, old, new, 0)
+    result = plan(
+        md, Observed(deployments=[stable], services=[pinned_service(old_md, old)]), NOW, CONFIG
+    )
+    canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{new}")
+    assert canary["spec"]["replicas"] == 6, "50% beside the HPA's 6 stable pods"
+    assert all(
+        "replicas" not in o["spec"] for o in result.apply if o["metadata"]["name"] == f"fraud-{old}"
+    )
+    hpa = next(o for o in result.apply if o["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"fraud-{old}", "the HPA stays on stable"
+
+
+def test_gateway_router_writes_exact_weights_on_an_http_route():
+    traffic = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+    old_md = make_md({"scaling": {"replicas": 10}, "traffic": traffic})
+    old = rev(old_md)
+    spec = {"scaling": {"replicas": 10}, "traffic": traffic, "rollout": {"steps": [10, 100]}, **V8}
+    new = rev(make_md(spec))
+    md = canary_md(spec, old, new, 0)
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 10))]
+    )
+    result = plan(md, observed, NOW, CONFIG)
+    route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
+    assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]] == [
+        ("fraud-stable", 90), ("fraud-canary", 10),
+    ]  # fmt: skip
+    services = {
+        o["metadata"]["name"]: o["spec"]["selector"].get(REVISION)
+        for o in result.apply
+        if o["kind"] == "Service"
+    }
+    assert services == {"fraud": old, "fraud-stable": old, "fraud-canary": new}
+    canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{new}")
+    assert canary["spec"]["replicas"] == 1, "exact weights need only the canary's share of pods"
+
+
+def test_a_weight_the_replicas_cannot_realise_is_reported():
+    old_md = make_md({"scaling": {"replicas": 1}})
+    old = rev(old_md)
+    spec = {"scaling": {"replicas": 1}, "rollout": {"steps": [10, 100]}, **V8}
+    new = rev(make_md(spec))
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 1))]
+    )
+    result = plan(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
+    split = {c["type"]: c for c in result.status["conditions"]}["TrafficSplitExact"]
+    assert split["status"] == "False" and split["reason"] == "TooFewReplicas"
+    assert "the canary gets 50%" in split["message"]
