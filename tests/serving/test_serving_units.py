@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -116,3 +117,30 @@ def test_serving_package_never_imports_kubernetes() -> None:
     for path in (REPO / "serving_image" / "modelserver").rglob("*.py"):
         text = path.read_text()
         assert "import kopf" not in text and "import kubernetes" not in text, path
+
+
+def test_cheap_calls_run_inline_and_a_slow_one_moves_to_the_thread() -> None:
+    threads: list[int] = []
+
+    def predict(x: np.ndarray, outputs: frozenset[str]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        if x[0, 0] < 0:  # burn CPU: far over the budget
+            end = time.thread_time() + 0.01
+            while time.thread_time() < end:
+                pass
+        return {"predict": x[:, 0]}
+
+    async def main() -> Batcher:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(predict, pool, inline_rows=8, inline_budget=0.001)
+            b.start()
+            for v in (1.0, 2.0, -1.0, 3.0):
+                await b.submit(np.full((1, 1), v), frozenset({"predict"}))
+            await b.stop()
+            return b
+
+    b = asyncio.run(main())
+    main_thread = threading.get_ident()
+    assert threads[:3] == [main_thread] * 3  # inline, including the slow call that is measured
+    assert threads[3] != main_thread  # after it, on the inference thread
+    assert b.inline_rows == 0

@@ -1,0 +1,358 @@
+"""Serving benchmark: modelserver vs MLServer, KServe and a naive uvicorn app, side by side.
+
+Same models (LogisticRegression and a 50-tree RandomForest on 20 features), same one-row Open
+Inference Protocol v2 request, same load generator (wrk, one thread, on 127.0.0.1), one worker
+each, concurrency 1/16/64. Each peer runs from its own venv under .bench/ (created here from
+bench/serving/requirements-*.txt, with the dev venv's scikit-learn version pinned so every server
+unpickles the same model the same way). Rounds interleave the servers so drift on the machine
+hits all of them alike; the table reports the median of the rounds.
+
+    make bench-serving                     # or: .venv/bin/python bench/serving/run.py --write-docs
+    .venv/bin/python bench/serving/run.py --duration 3 --rounds 1 --servers ours,naive  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import Cell, parse_wrk, ratio_lines, render_table, replace_section
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = REPO / "bench" / "serving"
+BENCH = REPO / ".bench"
+WORK = BENCH / "serving"
+DEV_PYTHON = REPO / ".venv" / "bin" / "python"
+N_FEATURES = 20
+
+LABELS = {
+    "ours": "modelserver (this repo)",
+    "ours-nofast": "modelserver, --no-fast-path",
+    "mlserver": "MLServer 1.7.1, default",
+    "mlserver-batch": "MLServer 1.7.1, adaptive batching 32/5 ms",
+    "kserve": "KServe 0.21 (v2 endpoint)",
+    "naive": "naive uvicorn app (floor)",
+}
+ALL_SERVERS = list(LABELS)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- setup -------------------------------------------------------------------------------------
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    log("wrk not found: installing Debian's package (apt-get install -y wrk)")
+    subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
+    return shutil.which("wrk") or "wrk"
+
+
+def sklearn_version() -> str:
+    out = subprocess.run(
+        [str(DEV_PYTHON), "-c", "import sklearn; print(sklearn.__version__)"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def ensure_venv(name: str) -> Path:
+    """.bench/<name> with bench/serving/requirements-<name>.txt; rebuilt when the pins change."""
+    venv = BENCH / name
+    requirements = (HERE / f"requirements-{name}.txt").read_text()
+    pins = f"{requirements}\nscikit-learn=={sklearn_version()}\n"
+    stamp = venv / ".bench-requirements"
+    if stamp.exists() and stamp.read_text() == pins:
+        return venv
+    log(f"creating {venv} (pip install -r requirements-{name}.txt)")
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    req = venv / "requirements.txt"
+    req.write_text(pins)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(req)], check=True)
+    stamp.write_text(pins)
+    return venv
+
+
+def make_models() -> dict[str, Path]:
+    """Train both models with the dev venv's scikit-learn; one directory per model."""
+    script = f"""
+import joblib, json, sys
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+x, y = make_classification(n_samples=5000, n_features={N_FEATURES}, random_state=0)
+root = sys.argv[1]
+joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), root + "/lr/model.joblib")
+rf = RandomForestClassifier(n_estimators=50, random_state=0).fit(x, y)
+joblib.dump(rf, root + "/rf/model.joblib")
+json.dump({{"inputs": [{{"name": "input-0", "shape": [1, {N_FEATURES}], "datatype": "FP32",
+            "data": [round(float(v), 6) for v in x[0]]}}]}}, open(root + "/body.json", "w"))
+"""
+    for m in ("lr", "rf"):
+        (WORK / "models" / m).mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(DEV_PYTHON), "-c", script, str(WORK / "models")], check=True)
+    return {m: WORK / "models" / m / "model.joblib" for m in ("lr", "rf")}
+
+
+# --- servers -----------------------------------------------------------------------------------
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    infer_path: str
+    cwd: Path | None = None
+
+
+def launch_spec(server: str, model: str, path: Path) -> Launch:
+    port = free_port()
+    infer = f"/v2/models/{model}/infer"
+    ready = f"/v2/models/{model}/ready"
+    if server in ("ours", "ours-nofast"):
+        argv = [str(DEV_PYTHON), "-m", "modelserver", "--model-uri", str(path), "--model-name",
+                model, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        if server == "ours-nofast":
+            argv.append("--no-fast-path")
+        return Launch(argv, {}, port, "/v2/health/ready", infer)
+    if server == "naive":
+        argv = [str(DEV_PYTHON), "-m", "uvicorn", "naive_app:app", "--app-dir", str(HERE / "peers"),
+                "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                "--log-level", "warning"]  # fmt: skip
+        return Launch(argv, {"MODEL_PATH": str(path), "MODEL_NAME": model}, port, "/ready", infer)
+    if server == "kserve":
+        argv = [str(BENCH / "kserve" / "bin" / "python"), str(HERE / "peers" / "kserve_server.py")]
+        env = {"MODEL_NAME": model, "MODEL_PATH": str(path), "HTTP_PORT": str(port),
+               "GRPC_PORT": str(free_port())}  # fmt: skip
+        return Launch(argv, env, port, ready, infer)
+    if server.startswith("mlserver"):
+        root = WORK / "mlserver" / f"{server}-{model}"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / model).mkdir(parents=True)
+        settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+                    "metrics_port": free_port()}  # fmt: skip
+        (root / "settings.json").write_text(json.dumps(settings))
+        model_settings: dict[str, object] = {
+            "name": model,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(path)},
+        }
+        if server == "mlserver-batch":
+            model_settings.update(max_batch_size=32, max_batch_time=0.005)
+        (root / model / "model-settings.json").write_text(json.dumps(model_settings))
+        argv = [str(BENCH / "mlserver" / "bin" / "mlserver"), "start", str(root)]
+        return Launch(argv, {}, port, ready, infer, cwd=root)
+    raise ValueError(f"unknown server {server!r}: one of {', '.join(ALL_SERVERS)}")
+
+
+def http_status(port: int, path: str, body: bytes | None = None) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body else "GET"
+    )
+    if body:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MB."""
+    total_kb = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total_kb / 1024
+
+
+class Running:
+    def __init__(self, spec: Launch, log_path: Path) -> None:
+        self.spec = spec
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(
+            spec.argv, env={**os.environ, **spec.env}, cwd=spec.cwd, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        while time.perf_counter() - self.start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}; see {self.log.name}"
+                )
+            if http_status(self.spec.port, self.spec.ready_path) == 200:
+                return time.perf_counter() - self.start
+            time.sleep(0.02)
+        raise RuntimeError(f"not ready after {timeout}s; see {self.log.name}")
+
+    def stop(self, grace: float = 30) -> bool:
+        """SIGTERM, then SIGKILL the process group after ``grace``; whether it exited in time."""
+        clean = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                clean = False
+        with contextlib.suppress(ProcessLookupError):  # our own session: the server's children
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+        return clean
+
+
+def run_wrk(wrk: str, port: int, path: str, conns: int, seconds: int, body: Path) -> str:
+    argv = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+            "-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+    env = {**os.environ, "BODY_FILE": str(body)}
+    return subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
+
+
+# --- main --------------------------------------------------------------------------------------
+def busy_build() -> bool:
+    return subprocess.run(["pgrep", "-f", "go build|/compile"], capture_output=True).returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--servers", default=",".join(ALL_SERVERS))
+    p.add_argument("--models", default="lr,rf")
+    p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    args = p.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    concs = [int(c) for c in args.concurrency.split(",")]
+    if busy_build():
+        log("WARNING: a Go build is running; numbers will be noisy")
+    wrk = ensure_wrk()
+    WORK.mkdir(parents=True, exist_ok=True)
+    for peer in {"mlserver" if s.startswith("mlserver") else s for s in servers} & {
+        "mlserver",
+        "kserve",
+    }:
+        ensure_venv(peer)
+    paths = make_models()
+    body = WORK / "models" / "body.json"
+    cells: dict[tuple[str, str, int], Cell] = {}
+    rss: dict[tuple[str, str], list[float]] = {}
+    ready: dict[tuple[str, str], list[float]] = {}
+    unclean: list[str] = []
+    for rnd in range(args.rounds):
+        for model in models:
+            order = servers if rnd % 2 == 0 else list(reversed(servers))
+            for server in order:
+                spec = launch_spec(server, model, paths[model])
+                running = Running(spec, WORK / f"{server}-{model}-r{rnd}.log")
+                try:
+                    ready.setdefault((server, model), []).append(running.wait_ready())
+                    status = http_status(spec.port, spec.infer_path, body.read_bytes())
+                    if status != 200:
+                        raise RuntimeError(f"{server} answered {status} to the benchmark request")
+                    for c in concs:
+                        run_wrk(wrk, spec.port, spec.infer_path, c, args.warmup, body)
+                        result = parse_wrk(
+                            run_wrk(wrk, spec.port, spec.infer_path, c, args.duration, body)
+                        )
+                        cells.setdefault((server, model, c), Cell()).runs.append(result)
+                        log(
+                            f"round {rnd + 1} {model} {server:>14} c={c:<3} "
+                            f"{result.rps:>8.0f} req/s p50 {result.p50_ms:.2f} ms "
+                            f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
+                        )
+                    rss.setdefault((server, model), []).append(
+                        process_tree_rss_mb(running.proc.pid)
+                    )
+                except Exception as exc:
+                    log(f"round {rnd + 1} {model} {server}: FAILED: {exc}")
+                finally:
+                    if not running.stop():
+                        unclean.append(f"{server}/{model}/round {rnd + 1}")
+    med: Callable[[list[float]], float] = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    table = render_table(
+        servers, LABELS, models, concs, cells,
+        {k: med(v) for k, v in rss.items()}, {k: med(v) for k, v in ready.items()},
+    )  # fmt: skip
+    peers = [s for s in servers if s not in ("ours", "ours-nofast")]
+    ratios = ratio_lines("ours", peers, models, concs, cells, LABELS)
+    given = list(argv if argv is not None else sys.argv[1:])
+    command = "python bench/serving/run.py " + " ".join(given)
+    if not [a for a in given if a != "--write-docs"]:
+        command = "make bench-serving` (= `.venv/bin/python bench/serving/run.py --write-docs"
+    generated = "\n".join([
+        f"Run on {dt.date.today().isoformat()}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}, "
+        f"scikit-learn {sklearn_version()}; wrk 1 thread on 127.0.0.1, one-row v2 request (20 FP32 "
+        f"features), one worker per server, median of {args.rounds} rounds of {args.duration:g} s "
+        f"(after {args.warmup:g} s warm-up). Errors = socket errors + non-2xx, summed over rounds. "
+        "RSS = the server's whole process tree after the load.",
+        "", f"Command: `{command}`", "", table,
+        "Throughput of modelserver as a multiple of each peer's, and whether its p99 is at most "
+        "the peer's:", "",
+        *ratios,
+        *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"] if unclean else []),
+    ])  # fmt: skip
+    print("\n" + generated)
+    (WORK / "results.md").write_text(generated + "\n")
+    raw = {f"{s}|{m}|{c}": [r.__dict__ for r in cell.runs] for (s, m, c), cell in cells.items()}
+    (WORK / "results.json").write_text(
+        json.dumps(
+            {
+                "cells": raw,
+                "rss": {f"{k[0]}|{k[1]}": v for k, v in rss.items()},
+                "ready": {f"{k[0]}|{k[1]}": v for k, v in ready.items()},
+            },
+            indent=1,
+        )
+    )
+    if args.write_docs:
+        doc = REPO / "docs" / "benchmarks.md"
+        doc.write_text(replace_section(doc.read_text() if doc.exists() else "", generated))
+        log(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

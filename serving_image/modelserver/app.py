@@ -1,0 +1,337 @@
+"""The ASGI application: routing, auth, limits, and the Open Inference Protocol endpoints.
+
+A plain ASGI callable with no web framework on purpose: the per-request work of a framework
+(routing tables, request objects, middleware stacks) costs as much as scoring a batched row, and
+the server has fewer than ten routes. Each request is answered exactly once, from one place
+(``_http``), which also records the metrics, so no code path can forget either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from . import __version__, protocol
+from . import metric_names as m
+from .auth import token_source
+from .config import Settings
+from .errors import RequestError
+from .metrics import ServerMetrics
+from .model import ServedModel
+
+log = logging.getLogger("modelserver")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_DRIFT_REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = _JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _json(status: int, doc: Any) -> Response:
+    return Response(status, protocol.dumps(doc))
+
+
+@dataclass
+class Route:
+    endpoint: str
+    method: str
+    model: str | None = None  # the model name in the path, if any
+    version: str | None = None
+    open: bool = False  # answered without auth
+
+
+class App:
+    """One model server. ``on_fatal`` is called when fail-fast wants the process to exit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        on_fatal: Callable[[], None] | None = None,
+        load_in_background: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServerMetrics(self.registry, settings.model_name, settings.model_version)
+        self.model = ServedModel(settings, self.metrics)
+        self.tokens = token_source(settings)
+        self.on_fatal = on_fatal
+        # One process answers liveness while it loads; a worker of several loads before it
+        # accepts, so a connection never lands on a worker that cannot serve yet.
+        self.load_in_background = load_in_background
+        self.draining = False
+        self.exit_code = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.model.ready and not self.draining
+
+    def start_draining(self) -> None:
+        """SIGTERM: readiness goes false first; requests are still served until the drain."""
+        if not self.draining:
+            self.draining = True
+            self.metrics.set_ready(False)
+            log.info("draining: readiness is now false; in-flight requests will complete")
+
+    async def _load(self) -> None:
+        if await self.model.load():
+            # Everything loaded so far (frameworks, the model) lives for the whole process: move
+            # it out of the cyclic GC's view, so full collections stop scanning it (a full pass
+            # over scikit-learn's object graph is tens of ms: a p99 spike).
+            gc.collect()
+            gc.freeze()
+            self.metrics.set_ready(not self.draining)
+        elif self.settings.fail_fast:
+            self.exit_code = 1
+            log.error("fail-fast: exiting because the model could not be loaded")
+            if self.on_fatal is not None:
+                self.on_fatal()
+
+    async def _refresh_drift(self) -> None:
+        while True:
+            await asyncio.sleep(_DRIFT_REFRESH_SECONDS)
+            self.model.refresh_drift()
+
+    async def startup(self) -> None:
+        sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._refresh_drift(), name="drift")]
+        if self.load_in_background:
+            self._tasks.append(loop.create_task(self._load(), name="load-model"))
+        else:
+            await self._load()
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.model.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    # --- routing ---------------------------------------------------------------------------
+    def route(self, method: str, path: str) -> Route:
+        s = self.settings
+        if path == "/v2/health/live":
+            return Route(m.ENDPOINT_LIVE, "GET", open=not s.auth_protect_health)
+        if path == "/v2/health/ready":
+            return Route(m.ENDPOINT_READY, "GET", open=not s.auth_protect_health)
+        if path == "/metrics":
+            return Route(m.ENDPOINT_METRICS, "GET", open=not s.auth_protect_metrics)
+        if path in ("/v2", "/v2/"):
+            return Route(m.ENDPOINT_SERVER_METADATA, "GET")
+        if path.startswith("/v2/models/"):
+            name, *rest = path[len("/v2/models/") :].split("/")
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            tail = "/".join(rest)
+            endpoint = {"": m.ENDPOINT_MODEL_METADATA, "ready": m.ENDPOINT_MODEL_READY}.get(tail)
+            if endpoint is not None:
+                return Route(endpoint, "GET", name, version)
+            if tail == "infer":
+                return Route(m.ENDPOINT_INFER, "POST", name, version)
+        elif path.startswith("/v1/models/"):
+            v1_name = path[len("/v1/models/") :]
+            if v1_name.endswith(":predict"):
+                return Route(m.ENDPOINT_PREDICT, "POST", v1_name[: -len(":predict")])
+            if v1_name and "/" not in v1_name and ":" not in v1_name:
+                return Route(m.ENDPOINT_MODEL_READY, "GET", v1_name)
+        raise RequestError(404, f"no such endpoint: {method} {path:.200}")
+
+    def _check_model(self, route: Route) -> None:
+        if route.model != self.model.name:
+            raise RequestError(
+                404, f"model {route.model!r:.100} is not served here; this server serves "
+                f"{self.model.name!r}"
+            )  # fmt: skip
+        if route.version is not None and route.version != self.model.version:
+            raise RequestError(
+                404, f"version {route.version!r:.100} of model {self.model.name!r} is not served "
+                f"here; the served version is {self.model.version!r}"
+            )  # fmt: skip
+
+    # --- request handling ------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        endpoint, model_label = m.ENDPOINT_OTHER, ""
+        self.metrics.inflight_child.inc()
+        try:
+            try:
+                route = self.route(scope["method"], scope["path"])
+                endpoint = route.endpoint
+                if route.model is not None:
+                    model_label = (
+                        self.model.name if route.model == self.model.name else m.UNKNOWN_MODEL
+                    )
+                response = await self._handle(route, scope, receive)
+            except RequestError as exc:
+                if exc.status == 404 and endpoint == m.ENDPOINT_OTHER and self._denied(scope):
+                    exc = RequestError(401, "missing or invalid bearer token")
+                response = self._error(exc)
+            except Exception as exc:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                response = _json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+            headers = [
+                (b"content-type", response.content_type),
+                (b"content-length", str(len(response.body)).encode()),
+                *response.headers,
+            ]
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            self.metrics.inflight_child.dec()
+        self.metrics.observe_request(
+            model_label, endpoint, response.status, time.perf_counter() - start
+        )
+
+    def _error(self, exc: RequestError) -> Response:
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        if exc.status == 401:
+            headers = ((b"www-authenticate", b'Bearer realm="modelserver"'),)
+        return Response(exc.status, protocol.dumps({"error": exc.message}), headers=headers)
+
+    def _denied(self, scope: Scope) -> bool:
+        if self.tokens is None:
+            return False
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        return not self.tokens.check(auth)
+
+    async def _handle(self, route: Route, scope: Scope, receive: Receive) -> Response:
+        if not route.open and self._denied(scope):
+            raise RequestError(401, "missing or invalid bearer token")
+        if scope["method"] != route.method:
+            allow = ((b"allow", route.method.encode()),)
+            msg = (
+                f"method {scope['method']} is not allowed on {scope['path']:.200}; "
+                f"use {route.method}"
+            )
+            return Response(405, protocol.dumps({"error": msg}), headers=allow)
+        if route.model is not None:
+            self._check_model(route)
+        if route.method == "POST":
+            return await self._inference(route, scope, receive)
+        return self._get(route)
+
+    def _get(self, route: Route) -> Response:
+        ep = route.endpoint
+        if ep == m.ENDPOINT_LIVE:
+            return _json(200, {"live": True})
+        if ep == m.ENDPOINT_READY:
+            if self.ready:
+                return _json(200, {"ready": True})
+            reason = "draining (shutting down)" if self.draining else self.model.status
+            return _json(503, {"ready": False, "reason": reason})
+        if ep == m.ENDPOINT_METRICS:
+            self.model.refresh_drift()
+            return Response(200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode())
+        if ep == m.ENDPOINT_SERVER_METADATA:
+            return _json(200, {"name": "modelserver", "version": __version__, "extensions": []})
+        if ep == m.ENDPOINT_MODEL_READY:
+            doc = {"name": self.model.name, "ready": self.ready}
+            if not self.ready:
+                doc["reason"] = "draining (shutting down)" if self.draining else self.model.status
+            return _json(200 if self.ready else 503, doc)
+        return _json(200, self.model.metadata())  # model metadata
+
+    async def _inference(self, route: Route, scope: Scope, receive: Receive) -> Response:
+        length, content_type = None, None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"content-type":
+                content_type = value
+        limit = self.settings.max_request_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise RequestError(
+                413, f"request body of {length.decode('latin-1'):.20} bytes is over the limit of "
+                f"{limit} bytes (MODELSERVER_MAX_REQUEST_BYTES)"
+            )  # fmt: skip
+        if content_type is not None:
+            media = content_type.split(b";", 1)[0].strip().lower()
+            if media != _JSON and not media.endswith(b"+json"):
+                raise RequestError(
+                    415, f"content type {media.decode('latin-1')!r:.60} is not supported: send "
+                    "the body as JSON with 'Content-Type: application/json'"
+                )  # fmt: skip
+        model = self.model
+        if model.batcher is None or model.contract is None:
+            raise model.not_ready()
+        batcher = model.batcher
+        batcher.incoming += 1
+        try:
+            body = await self._read_body(receive, limit)
+            parse = protocol.parse_v2 if route.endpoint == m.ENDPOINT_INFER else protocol.parse_v1
+            request = parse(body, model.contract)
+        finally:
+            batcher.incoming -= 1
+        try:
+            outputs = await batcher.submit(request.x, request.outputs)
+        except Exception as exc:
+            log.warning("inference failed: %s: %s", type(exc).__name__, exc)
+            raise RequestError(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+        if route.endpoint == m.ENDPOINT_INFER:
+            body = protocol.encode_v2(model.name, model.version, request.request_id, outputs)
+        else:
+            body = protocol.encode_v1(outputs, self.settings.output_list[0])
+        return Response(200, body)
+
+    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "client disconnected before sending the body")
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(
+                    413, f"request body is over the limit of {limit} bytes "
+                    "(MODELSERVER_MAX_REQUEST_BYTES)"
+                )  # fmt: skip
+            chunks.append(chunk)
+        return b"".join(chunks)
