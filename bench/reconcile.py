@@ -52,7 +52,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster", ensure_binaries()).start()
         try:
-            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+            cluster.kubectl(
+                "apply",
+                "--server-side",
+                "-f",
+                str(REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"),
+            )
             cluster.kubectl(
                 "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io"
             )

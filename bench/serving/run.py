@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from devcluster.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import Cell, parse_wrk, ratio_lines, render_table, replace_section
@@ -52,12 +53,6 @@ ALL_SERVERS = list(LABELS)
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- setup -------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -22,6 +21,7 @@ import yaml
 
 from .binaries import Binaries
 from .pki import SERVICE_CLUSTER_IP_RANGE, PkiPaths, write_pki
+from .ports import free_port
 from .processes import (
     ManagedProcess,
     recorded_processes,
@@ -57,12 +57,6 @@ NODE_COUNT = 2
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # Pod label read by fault-stages.yaml: never-ready | crash-loop | oom-killed | image-pull-backoff.
 FAULT_LABEL = "devcluster.modeldeploy.io/fault"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

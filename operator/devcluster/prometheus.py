@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .cluster import free_port
+from .ports import free_port
 from .processes import ManagedProcess, spawn, terminate, wait_until
 
 

@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devcluster.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 N_FEATURES = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
