@@ -142,8 +142,8 @@ def run(cluster: LocalCluster, scenario: Scenario, uris: dict[str, str], work: P
             "applied_to_done": done - applied,
             "traffic_to_done": (done - first_traffic) if first_traffic else None,
             "check": record.get("check", "—"),
-            "value": f"{record.get('observedValue', '')} vs {record.get('threshold', '')}".strip(
-                " vs"
+            "value": " vs ".join(
+                str(record[k]) for k in ("observedValue", "threshold") if k in record
             ),
             "result": "promoted" if scenario.good else "rolled back",
         }

@@ -113,34 +113,15 @@ def judge_pods(
     for pod in pods:
         name = pod["metadata"]["name"]
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in BAD_WAITING:
+            failure = container_failure(status)
+            if failure is not None:
+                value, threshold = failure
                 return Check(
                     "podsHealthy",
                     FAILED,
-                    waiting["reason"],
-                    "no container failures",
-                    message=f"pod {name}: {waiting['reason']}",
-                    hard=True,
-                )
-            last = ((status.get("lastState") or {}).get("terminated")) or {}
-            if last.get("reason") == "OOMKilled":
-                return Check(
-                    "podsHealthy",
-                    FAILED,
-                    "OOMKilled",
-                    "no container failures",
-                    message=f"pod {name}: OOMKilled",
-                    hard=True,
-                )
-            if int(status.get("restartCount") or 0) > 0:
-                restarts = int(status["restartCount"])
-                return Check(
-                    "podsHealthy",
-                    FAILED,
-                    f"{restarts} restarts",
-                    "0 restarts",
-                    message=f"pod {name} restarted {restarts} times",
+                    value,
+                    threshold,
+                    message=f"pod {name}: {value}",
                     hard=True,
                 )
     ready = sum(1 for p in pods if _pod_ready(p))
@@ -157,6 +138,21 @@ def judge_pods(
             hard=True,
         )
     return Check("podsReady", INCONCLUSIVE, f"{ready}/{len(pods)}", f"all ready within {deadline}")
+
+
+def container_failure(status: dict[str, Any]) -> tuple[str, str] | None:
+    """(observed, expected) when a container status shows it will not run properly: the most
+    telling reason first (OOMKilled explains the CrashLoopBackOff it causes)."""
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    if last.get("reason") == "OOMKilled":
+        return "OOMKilled", "no container failures"
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in BAD_WAITING:
+        return str(waiting["reason"]), "no container failures"
+    restarts = int(status.get("restartCount") or 0)
+    if restarts > 0:
+        return f"{restarts} restarts", "0 restarts"
+    return None
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
