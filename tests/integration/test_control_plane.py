@@ -295,3 +295,26 @@ def test_cli_up_and_down_manage_a_detached_cluster(cluster, tmp_path):
     assert down.returncode == 0, down.stderr
     assert not any(_alive(pid) for pid in pids)
     assert not directory.exists()
+
+
+def test_image_pull_fault_keeps_the_pod_pending(cluster, namespace):
+    if not cluster.embedded:
+        pytest.skip("fault stages are kwok's")
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-",
+        input=deployment("unpullable", 1, {FAULT_LABEL: "image-pull-backoff"}),
+    )  # fmt: skip
+
+    def backing_off() -> bool:
+        statuses = pods(cluster, namespace, "app=unpullable")[0]["status"].get(
+            "containerStatuses", []
+        )
+        return (
+            bool(statuses)
+            and statuses[0]["state"].get("waiting", {}).get("reason") == "ImagePullBackOff"
+        )
+
+    wait_until(backing_off, 60, "ImagePullBackOff")
+    time.sleep(3)  # kwok's stock stages would have made it Ready by now
+    pod = pods(cluster, namespace, "app=unpullable")[0]
+    assert pod["status"]["phase"] == "Pending" and not pod_ready(pod)
