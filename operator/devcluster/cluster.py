@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import shutil
 import ssl
 import subprocess
@@ -39,9 +40,18 @@ KWOK_STOCK_STAGES = (
     "pod/fast/pod-complete.yaml",
     "pod/fast/pod-delete.yaml",
 )
-# Pod IPs come from the loopback range: nothing ever dials a non-loopback address from this
-# machine, and a test may start a real server on a pod's IP to stand in for that pod.
-POD_CIDR = "127.64.0.0/16"
+
+
+def pod_cidr() -> str:
+    """A random /20 (4094 pod IPs) inside 127.64.0.0/10, different for each cluster.
+
+    Pod IPs come from the loopback range: nothing ever dials a non-loopback address from this
+    machine, and a test may start a real server on a pod's IP to stand in for that pod. Random,
+    so two clusters on one machine (a test run beside a benchmark) do not hand out the same IPs.
+    """
+    return f"127.{random.randint(64, 127)}.{random.randint(0, 15) * 16}.0/20"
+
+
 # Every write (create/update/patch/delete) is recorded with its user agent in <dir>/audit.log, so a
 # test can count the API writes a component makes instead of trusting the component's own numbers.
 AUDIT_POLICY = {
@@ -141,6 +151,7 @@ class LocalCluster:
         self.kubeconfig = self.directory / "kubeconfig"
         self.audit_log = self.directory / "audit.log"
         self.ports = Ports()
+        self.pod_cidr = pod_cidr()
         self.processes: list[ManagedProcess] = []
         self.timings: dict[str, float] = {}
         self._pki: PkiPaths | None = None
@@ -344,7 +355,7 @@ class LocalCluster:
                 *[f"--config={c}" for c in configs],
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={self.pod_cidr}",
                 "--node-ip=127.0.0.1",
                 f"--node-port={p.kwok}",
                 f"--server-address=127.0.0.1:{p.kwok}",
