@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .podrunner import PodRunner
 from .ports import free_port
-from .processes import wait_until
+from .processes import kill_when_parent_dies, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,7 @@ class OperatorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT,
+                preexec_fn=kill_when_parent_dies,  # no operator outlives its test run
             )
         wait_until(
             lambda: "Initial authentication has finished" in self.log(), 30, "operator start"

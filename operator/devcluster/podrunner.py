@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster import run_kubectl
+from .processes import kill_when_parent_dies
 
 SERVER_COMPONENT_SELECTOR = "app.kubernetes.io/component=model-server"
 
@@ -53,21 +54,27 @@ class PodRunner:
         return self
 
     def stop(self) -> None:
+        """Stop polling and shut every server down gracefully (SIGTERM, then SIGKILL)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        for name in list(self.processes):
-            self._terminate(name)
+            self._thread.join(timeout=30)
 
     def log_path(self, pod: str) -> Path:
         return self.workdir / f"{pod}.log"
 
     def _loop(self) -> None:
+        """Runs in the thread that spawns the servers, and stops them itself on the way out: the
+        kernel kills them when this thread ends (PR_SET_PDEATHSIG), so that must come last."""
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.sync()
             except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired):
                 continue  # the API server may be busy; the next poll tries again
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name in list(self.processes):
+            self._terminate(name)
 
     def sync(self) -> None:
         """Start a server for each new running pod, stop those whose pod is gone."""
@@ -147,6 +154,7 @@ class PodRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=kill_when_parent_dies,  # no server outlives the runner's process
             )
 
     def _terminate(self, name: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def kill_when_parent_dies() -> None:
     """Runs in the child between fork and exec: deliver SIGKILL when the parent goes away."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -81,7 +81,7 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=kill_when_parent_dies if die_with_parent else None,
             env=env,
         )
     pid_path = pids / f"{name}.pid"
