@@ -190,5 +190,12 @@ def reconcile(
         kube.delete(ref.api_version, ref.kind, namespace, ref.name)
     patch = status_patch(body.get("status"), result.status)
     if patch is not None:
-        kube.patch_status(namespace, name, patch)
+        try:
+            kube.patch_status(namespace, name, patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # Deleted while this pass ran: its children go with it (owner references).
+            log.info("%s/%s was deleted during the pass", namespace, name)
+            return PassResult(Plan(), False, time.monotonic() - started)
     return PassResult(result, patch is not None, time.monotonic() - started)
