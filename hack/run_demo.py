@@ -79,10 +79,11 @@ def main() -> int:
         "spec": {
             "model": {"uri": model_uri, "format": "sklearn", "version": "v1", "predictProba": True},
             "scaling": {"replicas": 2},
+            # A demo gets no traffic: minRequests 0 lets the canary be judged on what it has.
             "rollout": {
                 "steps": [25, 50, 100],
                 "stepDuration": "20s",
-                "analysis": {"interval": "10s"},
+                "analysis": {"interval": "10s", "minRequests": 0},
             },
         },
     }
