@@ -161,6 +161,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     # No cluster-wide namespace listing or CRD watching: the watched namespaces are exact names
     # and the resources are known at start, and the least-privilege RBAC grants neither.
     settings.scanning.disabled = True
+    # kopf logs every handled watch event at info ("Handler ... succeeded"): one line per pod
+    # status change. Our own pass summary says what matters; kopf's warnings and errors remain.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.posting.reporting_component = "modeldeploy"
     settings.posting.event_name_prefix = "modeldeploy-"
     settings.execution.max_workers = 8
