@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cluster import run_kubectl
+from .cluster import FAULT_LABEL, run_kubectl
 from .processes import kill_when_parent_dies
 
 SERVER_COMPONENT_SELECTOR = "app.kubernetes.io/component=model-server"
@@ -85,11 +85,9 @@ class PodRunner:
         live = {}
         for pod in json.loads(result.stdout)["items"]:
             ip = pod.get("status", {}).get("podIP")
-            if (
-                ip
-                and pod["status"].get("phase") == "Running"
-                and not pod["metadata"].get("deletionTimestamp")
-            ):
+            faulty = FAULT_LABEL in pod["metadata"].get("labels", {})  # kwok plays this one
+            running = pod["status"].get("phase") == "Running"
+            if ip and running and not faulty and not pod["metadata"].get("deletionTimestamp"):
                 live[pod["metadata"]["name"]] = pod
         for name in set(self.processes) - set(live):
             self._terminate(name)

@@ -127,17 +127,26 @@ def judge_pods(
     ready = sum(1 for p in pods if _pod_ready(p))
     if pods and ready == len(pods):
         return Check("podsReady", PASSED, f"{ready}/{len(pods)}")
+    # Each pod gets the whole deadline from its own creation: pods added at a later step are not
+    # held to the canary's start. No pods at all count from the Deployment's creation.
     limit = parse_duration(deadline)
-    waited = (now - created).total_seconds() if created else 0.0
+    waiting = [p for p in pods if not _pod_ready(p)]
+    starts = [_created(p) or created for p in waiting] if waiting else [created]
+    waited = max(((now - s).total_seconds() for s in starts if s is not None), default=0.0)
     if waited > limit:
         return Check(
             "podsReady",
             FAILED,
-            f"{ready}/{len(pods)} ready after {waited:.0f}s",
+            f"{ready}/{len(pods)} ready, one waiting {waited:.0f}s",
             f"all ready within {deadline}",
             hard=True,
         )
     return Check("podsReady", INCONCLUSIVE, f"{ready}/{len(pods)}", f"all ready within {deadline}")
+
+
+def _created(pod: dict[str, Any]) -> dt.datetime | None:
+    value = pod.get("metadata", {}).get("creationTimestamp")
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def container_failure(status: dict[str, Any]) -> tuple[str, str] | None:

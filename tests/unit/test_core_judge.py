@@ -141,3 +141,19 @@ def test_effective_weight_and_summary():
     assert effective_weight(Router.REPLICAS, 10, 0, 10) == 0
     assert weight_summary(10, 100 / 11) == "10% → 9.1%"
     assert weight_summary(50, 50.0) == "50% → 50%"
+
+
+def test_each_pod_gets_the_whole_deadline_from_its_own_creation():
+    """A pod added at a later step is not held to the canary's start."""
+    young = pod(ready=False)
+    young["metadata"]["creationTimestamp"] = (
+        (T0 + dt.timedelta(seconds=395)).isoformat().replace("+00:00", "Z")
+    )
+    check = judge_pods([pod(), young], T0, T0 + dt.timedelta(seconds=400), "300s")
+    assert check.outcome.value == "Inconclusive"
+    old = pod(ready=False)
+    old["metadata"]["creationTimestamp"] = T0.isoformat().replace("+00:00", "Z")
+    assert (
+        judge_pods([pod(), old], T0, T0 + dt.timedelta(seconds=400), "300s").outcome.value
+        == "Failed"
+    )
