@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from core_fixtures import make_md, observed_deployment
 from modeldeploy.children import build_deployment, build_hpa, build_service
 from modeldeploy.config import OperatorConfig
@@ -244,3 +245,22 @@ def test_a_weight_the_replicas_cannot_realise_is_reported():
     split = {c["type"]: c for c in result.status["conditions"]}["TrafficSplitExact"]
     assert split["status"] == "False" and split["reason"] == "TooFewReplicas"
     assert "the canary gets 50%" in split["message"]
+
+
+def test_a_canary_comes_back_when_its_next_analysis_is_due():
+    old_md = make_md({"scaling": {"replicas": 2}})
+    old = rev(old_md)
+    spec = {
+        "scaling": {"replicas": 2},
+        "rollout": {"steps": [50, 100], "stepDuration": "60s", "analysis": {"interval": "30s"}},
+        **V8,
+    }
+    new = rev(make_md(spec))
+    md = canary_md(spec, old, new, 0)
+    status = md.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    status["analysis"]["lastRunAt"] = "2026-11-27T11:59:48Z"  # 12 s before NOW
+    md = make_md(spec, status=status)
+    observed = Observed(
+        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 2))]
+    )
+    assert plan(md, observed, NOW, CONFIG).requeue_after == pytest.approx(18)
