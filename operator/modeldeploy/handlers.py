@@ -14,7 +14,6 @@ object that has a timer.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import threading
@@ -201,15 +200,15 @@ def register(
 
     @kopf.on.resume(*md, registry=registry)
     def on_resume(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _plain(body), "resume")
+        run_pass(runtime, _ref(body), "resume")
 
     @kopf.on.create(*md, registry=registry)
     def on_create(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _plain(body), "create")
+        run_pass(runtime, _ref(body), "create")
 
     @kopf.on.update(*md, registry=registry, field="spec")
     def on_update(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _plain(body), "update")
+        run_pass(runtime, _ref(body), "update")
 
     @kopf.on.delete(*md, registry=registry, optional=True)
     def on_delete(body: kopf.Body, **_: Any) -> None:
@@ -228,9 +227,10 @@ def register(
         kopf.on.event(group, version, plural, labels=child_labels, registry=registry)(on_child)
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """kopf's Body is a live view; the core wants a plain, immutable-by-convention dict."""
-    return copy.deepcopy(dict(body))
+def _ref(body: kopf.Body) -> dict[str, Any]:
+    """Only the object's name: run_pass reads it afresh under its lock."""
+    meta = body["metadata"]
+    return {"metadata": {"namespace": meta["namespace"], "name": meta["name"]}}
 
 
 def run(config: OperatorConfig) -> None:
