@@ -73,6 +73,19 @@ def rolled_back(cluster, namespace: str) -> bool:
     return bool(status(cluster, namespace).get("lastRollback"))
 
 
+def stable_then_custom_canary(
+    cluster, namespace: str, uri: str, rollout: dict, model_class: str
+) -> str:
+    """Deploy `uri` as stable, then a canary serving it through a fault_models class; returns the
+    stable revision."""
+    apply(cluster, namespace, body(uri, rollout))
+    stable = wait_stable(cluster, namespace)
+    canary = body(uri, rollout)
+    canary["spec"]["model"].update(format="custom", customClass=f"fault_models:{model_class}")
+    apply(cluster, namespace, canary)
+    return stable
+
+
 @pytest.fixture
 def traffic(pod_runner) -> Traffic:
     load = Traffic(pod_runner, "fraud").start()
@@ -185,11 +198,9 @@ def test_canary_answering_5xx_is_rolled_back_naming_the_metric(
         "stepDuration": "30s",
         "analysis": {**FAST_ROLLOUT["analysis"], "compareMetadata": False},
     }
-    apply(cluster, namespace, body(model_uris["v1"], rollout))
-    stable = wait_stable(cluster, namespace)
-    failing = body(model_uris["v1"], rollout)
-    failing["spec"]["model"].update(format="custom", customClass="fault_models:FailingModel")
-    apply(cluster, namespace, failing)
+    stable = stable_then_custom_canary(
+        cluster, namespace, model_uris["v1"], rollout, "FailingModel"
+    )
 
     wait_until(lambda: rolled_back(cluster, namespace), 60, "rollback")
     s = status(cluster, namespace)
@@ -217,11 +228,7 @@ def test_slow_canary_is_rolled_back_on_p99_latency(
         "minRequests": 3,
     }
     rollout = {**FAST_ROLLOUT, "stepDuration": "30s", "analysis": analysis}
-    apply(cluster, namespace, body(model_uris["v1"], rollout))
-    wait_stable(cluster, namespace)
-    slow = body(model_uris["v1"], rollout)
-    slow["spec"]["model"].update(format="custom", customClass="fault_models:SlowModel")
-    apply(cluster, namespace, slow)
+    stable_then_custom_canary(cluster, namespace, model_uris["v1"], rollout, "SlowModel")
     wait_until(lambda: rolled_back(cluster, namespace), 90, "rollback")
     record = status(cluster, namespace)["lastRollback"]
     assert record["check"] == "latencyP99" and record["threshold"] == "100ms"
@@ -405,11 +412,9 @@ def test_prometheus_source_rolls_back_a_failing_canary(
         "metricSource": {"type": "prometheus", "prometheusUrl": prometheus.url},
     }
     rollout = {**FAST_ROLLOUT, "stepDuration": "60s", "analysis": analysis}
-    apply(cluster, namespace, body(model_uris["v1"], rollout))
-    stable = wait_stable(cluster, namespace)
-    failing = body(model_uris["v1"], rollout)
-    failing["spec"]["model"].update(format="custom", customClass="fault_models:FailingModel")
-    apply(cluster, namespace, failing)
+    stable = stable_then_custom_canary(
+        cluster, namespace, model_uris["v1"], rollout, "FailingModel"
+    )
 
     wait_until(lambda: rolled_back(cluster, namespace), 90, "rollback judged from PromQL")
     s = status(cluster, namespace)

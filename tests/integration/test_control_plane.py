@@ -149,13 +149,17 @@ def test_pod_with_fault_label_stays_not_ready(cluster, namespace):
     assert status.get("readyReplicas", 0) == 0
 
 
-def test_crash_loop_fault_shows_restarts_and_reason(cluster, namespace):
+def apply_faulty(cluster, namespace: str, name: str, fault: str) -> None:
+    """A one-pod Deployment whose pod kwok makes misbehave (skipped off the embedded cluster)."""
     if not cluster.embedded:
         pytest.skip("fault stages are kwok's")
     cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-",
-        input=deployment("crashy", 1, {FAULT_LABEL: "oom-killed"}),
-    )  # fmt: skip
+        "apply", "-n", namespace, "-f", "-", input=deployment(name, 1, {FAULT_LABEL: fault})
+    )
+
+
+def test_crash_loop_fault_shows_restarts_and_reason(cluster, namespace):
+    apply_faulty(cluster, namespace, "crashy", "oom-killed")
 
     def crash_looping() -> bool:
         statuses = pods(cluster, namespace, "app=crashy")[0]["status"]["containerStatuses"]
@@ -298,12 +302,7 @@ def test_cli_up_and_down_manage_a_detached_cluster(cluster, tmp_path):
 
 
 def test_image_pull_fault_keeps_the_pod_pending(cluster, namespace):
-    if not cluster.embedded:
-        pytest.skip("fault stages are kwok's")
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-",
-        input=deployment("unpullable", 1, {FAULT_LABEL: "image-pull-backoff"}),
-    )  # fmt: skip
+    apply_faulty(cluster, namespace, "unpullable", "image-pull-backoff")
 
     def backing_off() -> bool:
         statuses = pods(cluster, namespace, "app=unpullable")[0]["status"].get(
