@@ -83,8 +83,24 @@ def model_location(uri: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]
     )
 
 
-def server_env(md: ModelDeployment, revision: str, model_uri: str) -> list[dict[str, Any]]:
-    """The MODELSERVER_* settings (see modelserver.config) for this revision's pods."""
+AUTH_VARIABLES = ("MODELSERVER_AUTH_TOKEN", "MODELSERVER_AUTH_TOKEN_FILE")
+
+
+def requires_token(md: ModelDeployment) -> bool:
+    """Whether the model's server will demand a bearer token (authSecretRef, or the user's own
+    MODELSERVER_AUTH_TOKEN* variables)."""
+    env = {e.name for e in md.spec.serving.env}
+    return md.spec.serving.auth_secret_ref is not None or any(v in env for v in AUTH_VARIABLES)
+
+
+def server_env(
+    md: ModelDeployment, revision: str, model_uri: str, operator_token_sha256: str | None = None
+) -> list[dict[str, Any]]:
+    """The MODELSERVER_* settings (see modelserver.config) for this revision's pods.
+
+    A model that requires a token also gets the SHA-256 of the operator's credential, so the
+    operator's gates and scrapes are let in without the operator reading the user's Secret.
+    """
     spec = md.spec
     model = spec.model
     outputs = "predict_proba" if model.predict_proba else "predict"
@@ -110,6 +126,8 @@ def server_env(md: ModelDeployment, revision: str, model_uri: str) -> list[dict[
         env["MODELSERVER_MODEL_CLASS"] = model.custom_class
     if spec.serving.auth_secret_ref:
         env["MODELSERVER_AUTH_TOKEN_FILE"] = f"{AUTH_MOUNT}/token"
+    if operator_token_sha256 and requires_token(md):
+        env["MODELSERVER_OPERATOR_TOKEN_SHA256"] = operator_token_sha256
     user_env = [{"name": e.name, "value": e.value} for e in spec.serving.env]
     ours = [{"name": k, "value": v} for k, v in env.items()]
     overridden = {e["name"] for e in user_env}
@@ -137,7 +155,9 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def build_pod_template(md: ModelDeployment, revision: str, image: str) -> dict[str, Any]:
+def build_pod_template(
+    md: ModelDeployment, revision: str, image: str, operator_token_sha256: str | None = None
+) -> dict[str, Any]:
     """Pod template meeting the `restricted` Pod Security Standard, probing the OIP health APIs."""
     assert md.metadata.name is not None
     serving = md.spec.serving
@@ -167,7 +187,7 @@ def build_pod_template(md: ModelDeployment, revision: str, image: str) -> dict[s
         "image": image,
         "imagePullPolicy": serving.image_pull_policy.value,
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
-        "env": server_env(md, revision, model_uri),
+        "env": server_env(md, revision, model_uri, operator_token_sha256),
         "resources": _resources(md),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=2),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
@@ -215,13 +235,18 @@ def build_pod_template(md: ModelDeployment, revision: str, image: str) -> dict[s
 
 
 def build_deployment(
-    md: ModelDeployment, revision: str, image: str, replicas: int | None
+    md: ModelDeployment,
+    revision: str,
+    image: str,
+    replicas: int | None,
+    operator_token_sha256: str | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Deployment of one revision. `replicas=None` leaves the count to the HPA."""
     assert md.metadata.name is not None
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {**selector_labels(md.metadata.name), REVISION: revision}},
-        "template": build_pod_template(md, revision, image),
+        "template": build_pod_template(md, revision, image, operator_token_sha256),
         "revisionHistoryLimit": 2,
         "progressDeadlineSeconds": int(parse_duration(md.spec.rollout.progress_deadline)),
         "strategy": {
@@ -231,14 +256,10 @@ def build_deployment(
     }
     if replicas is not None:
         spec["replicas"] = replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": child_metadata(
-            md, deployment_name(md.metadata.name, revision), {REVISION: revision}
-        ),
-        "spec": spec,
-    }
+    metadata = child_metadata(md, deployment_name(md.metadata.name, revision), {REVISION: revision})
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
 def build_service(md: ModelDeployment) -> dict[str, Any]:

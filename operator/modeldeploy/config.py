@@ -21,6 +21,15 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     cluster_domain: str = "cluster.local"
     log_format: str = "json"
+    # Where the operator keeps its credential Secret. Empty: the pod's own namespace.
+    operator_namespace: str = ""
+    # Rollouts the operator causes itself (new default image, template, credential) at a time.
+    max_concurrent_rollouts: int = 10
+    # /healthz fails when the resync loop shows no sign of life for this long.
+    stuck_seconds: float = 120.0
+    # Not from the environment: the SHA-256 of the operator's credential, read at start
+    # (see credential.py). Pods of models with auth accept the credential through it.
+    operator_token_sha256: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -54,4 +63,9 @@ class OperatorConfig:
             resync_seconds=number("MODELDEPLOY_RESYNC_SECONDS", defaults.resync_seconds, float),
             cluster_domain=env.get("MODELDEPLOY_CLUSTER_DOMAIN") or defaults.cluster_domain,
             log_format=log_format,
+            operator_namespace=env.get("MODELDEPLOY_OPERATOR_NAMESPACE", "").strip(),
+            max_concurrent_rollouts=int(
+                number("MODELDEPLOY_MAX_CONCURRENT_ROLLOUTS", defaults.max_concurrent_rollouts, int)
+            ),
+            stuck_seconds=number("MODELDEPLOY_STUCK_SECONDS", defaults.stuck_seconds, float),
         )

@@ -3,12 +3,23 @@
 This is I/O (HTTP to pods or to Prometheus); the verdicts are pure functions in `judge`. What to
 gather is decided from status alone, so a restarted operator asks for the same evidence.
 
+Each revision is addressed as it runs: the port and model name come from its own pods (their
+container port and MODELSERVER_MODEL_NAME), never from the current spec, so an update that
+changes `serving.port` or `model.name` still reaches stable where stable listens.
+
+Every request carries the operator's credential (a bearer token whose SHA-256 the pods know), so
+gates and scrapes work on models that require a token; see `credential`.
+
 Metric sources:
 - direct: scrape each ready pod's /metrics and sum the inference series of one revision. The
   window is "since the last analysis": the previous scrape of each pod is remembered in memory
   (`Snapshots`); after an operator restart the first window is "since the pod started".
 - prometheus: PromQL over the same series, by the `version` label, which the operator sets to
   the revision (MODELSERVER_MODEL_VERSION).
+
+A pod that Kubernetes reports Ready but that the operator cannot connect to (refused, or no
+route: a default-deny NetworkPolicy) is not the canary's fault: the canary is held with the
+reason `PodsUnreachable` instead of counting inconclusive intervals towards a rollback.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import math
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,18 +39,21 @@ import modelserver.metric_names as names
 from prometheus_client.parser import text_string_to_metric_families
 
 from .api import CheckOutcome, MetricSourceType, ModelDeployment, parse_duration
+from .children import CONTAINER
 from .judge import (
     Check,
     RevisionMetrics,
+    check_answers,
     compare_metadata,
     compare_predictions,
     judge_metrics,
     judge_pods,
 )
 from .naming import OWNER
-from .observed import Observed
+from .observed import Observed, pod_ready
 from .rollout import (
     Evidence,
+    Hold,
     analysis_due,
     gates_passed,
     in_rollback_window,
@@ -50,6 +65,16 @@ from .rollout import (
 log = logging.getLogger("modeldeploy.evidence")
 HTTP_TIMEOUT = 3.0
 PROMQL_MIN_WINDOW = 30
+UNREACHABLE = "PodsUnreachable"
+CREDENTIAL_REJECTED = "OperatorCredentialRejected"
+CREDENTIAL_HINT = (
+    "the pod does not accept the operator's credential: auth configured through spec.serving.env "
+    "instead of authSecretRef, or pods older than the credential Secret"
+)
+NETWORK_HINT = (
+    "Kubernetes reports it Ready, so something between the operator and the pod drops the "
+    "connection; a default-deny namespace needs the NetworkPolicy in manifests/networkpolicy"
+)
 
 
 @dataclass
@@ -59,27 +84,112 @@ class PodSample:
     buckets: dict[float, float] = field(default_factory=dict)
 
 
-# (namespace, ModelDeployment, pod) -> the pod's cumulative series at the last analysis.
-Snapshots = dict[tuple[str, str, str], PodSample]
+SnapshotKey = tuple[str, str, str]  # (namespace, ModelDeployment, pod)
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in pod.get("status", {}).get("conditions", []) or []
-    )
+class Snapshots:
+    """Each pod's cumulative series at its last analysis.
+
+    Shared by every thread that runs passes (kopf's handler threads and the resync thread), each
+    working on a different ModelDeployment; the lock makes "forget" safe while another thread
+    records a scrape.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[SnapshotKey, PodSample] = {}
+        self._lock = threading.Lock()
+
+    def swap(self, key: SnapshotKey, current: PodSample) -> PodSample | None:
+        """Remember `current` for `key`; return what was remembered before."""
+        with self._lock:
+            before = self._data.get(key)
+            self._data[key] = current
+            return before
+
+    def forget(self, namespace: str, owner: str, keep: set[str] | None = None) -> None:
+        """Drop the scrapes of `owner`'s pods, except those named in `keep`."""
+        with self._lock:
+            for key in [k for k in self._data if k[0] == namespace and k[1] == owner]:
+                if keep is None or key[2] not in keep:
+                    del self._data[key]
+
+    def keys(self) -> set[SnapshotKey]:
+        with self._lock:
+            return set(self._data)
 
 
-def _pod_url(pod: dict[str, Any], port: int, path: str) -> str | None:
+class Unreachable(Exception):
+    """The connection to a pod could not be made (refused, no route, connect timeout)."""
+
+    def __init__(self, reason: str, target: PodTarget | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.target = reason, target
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """Where one pod serves, as it runs: its name, base URL and model name."""
+
+    name: str
+    base_url: str
+    model: str
+
+
+def pod_target(pod: dict[str, Any], default_model: str, default_port: int) -> PodTarget | None:
+    """The pod's own address: the `http` port of the server container and the model name in
+    its environment (the spec may have moved on since the pod was made)."""
     ip = pod.get("status", {}).get("podIP")
-    return f"http://{ip}:{port}{path}" if ip else None
+    if not ip:
+        return None
+    containers = pod.get("spec", {}).get("containers", []) or []
+    container = next((c for c in containers if c.get("name") == CONTAINER), None)
+    container = container or (containers[0] if containers else {})
+    ports = container.get("ports", []) or []
+    port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else {})
+    env = {e.get("name"): e.get("value") for e in container.get("env", []) or []}
+    model = env.get("MODELSERVER_MODEL_NAME") or default_model
+    number = port.get("containerPort", default_port)
+    return PodTarget(pod["metadata"]["name"], f"http://{ip}:{number}", str(model))
 
 
-def _http_json(url: str, body: Any = None) -> Any:
+def served_model(observed: Observed, revision: str, default: str) -> str:
+    """The model name a revision serves under, read from its Deployment's pod template."""
+    deployment = observed.deployment_for(revision) or {}
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+    for container in containers or []:
+        for env in container.get("env", []) or []:
+            if env.get("name") == "MODELSERVER_MODEL_NAME" and env.get("value"):
+                return str(env["value"])
+    return default
+
+
+def _open(url: str, tokens: tuple[str, ...] = (), body: Any = None) -> bytes:
+    """GET (or POST `body` as JSON) with the operator's credential; connection failures raise
+    `Unreachable`, HTTP errors `HTTPError`, a read that times out `TimeoutError`.
+
+    A 401 with the current token is retried with the previous one (a rotation in progress).
+    """
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-        return json.loads(response.read())
+    for attempt, token in enumerate(tokens or (None,)):
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                return bytes(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 401 or attempt + 1 >= len(tokens):
+                raise
+        except urllib.error.URLError as error:  # raised while connecting or sending
+            raise Unreachable(str(error.reason)) from error
+        except ConnectionError as error:
+            raise Unreachable(str(error)) from error
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _json(url: str, tokens: tuple[str, ...] = (), body: Any = None) -> Any:
+    return json.loads(_open(url, tokens, body))
 
 
 def parse_pod_metrics(text: str, model: str) -> PodSample:
@@ -113,33 +223,53 @@ def _delta(now: PodSample, before: PodSample | None) -> PodSample:
     )
 
 
+@dataclass(frozen=True)
+class MetricsRead:
+    """A revision's window metrics (None: none could be read), and why a ready pod could not be
+    read when that is no fault of the model (no connection, the operator's token refused)."""
+
+    metrics: RevisionMetrics | None
+    problem: Hold | None = None
+
+
 def scrape_revision(
-    pods: list[dict[str, Any]], port: int, model: str, snapshots: Snapshots
-) -> RevisionMetrics | None:
-    """Direct source: the revision's window metrics summed over its ready pods (None: none read)."""
-    total, read = PodSample(), 0
+    pods: list[dict[str, Any]],
+    default_port: int,
+    default_model: str,
+    snapshots: Snapshots,
+    tokens: tuple[str, ...] = (),
+) -> MetricsRead:
+    """Direct source: the revision's window metrics summed over its ready pods."""
+    total, read, problem = PodSample(), 0, None
     for pod in pods:
-        url = _pod_url(pod, port, "/metrics")
-        if url is None or not _ready(pod):
+        target = pod_target(pod, default_model, default_port)
+        if target is None or not pod_ready(pod):
             continue
+        url = f"{target.base_url}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
-                current = parse_pod_metrics(response.read().decode(), model)
+            current = parse_pod_metrics(_open(url, tokens).decode(), target.model)
+        except Unreachable as error:
+            problem = _unreachable(Unreachable(error.reason, target))
+            continue
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                problem = _rejected(target, error.code)
+            else:
+                log.info("scrape %s failed: %s", url, error)
+            continue
         except (OSError, ValueError) as error:
             log.info("scrape %s failed: %s", url, error)
             continue
         meta = pod["metadata"]
         key = (meta["namespace"], meta.get("labels", {}).get(OWNER, ""), meta["name"])
-        window = _delta(current, snapshots.get(key))
-        snapshots[key] = current
+        window = _delta(current, snapshots.swap(key, current))
         read += 1
         total.requests += window.requests
         total.errors += window.errors
         for bound, count in window.buckets.items():
             total.buckets[bound] = total.buckets.get(bound, 0.0) + count
-    if read == 0:
-        return None
-    return RevisionMetrics(total.requests, total.errors, total.buckets)
+    metrics = RevisionMetrics(total.requests, total.errors, total.buckets) if read else None
+    return MetricsRead(metrics, problem)
 
 
 def query_prometheus(
@@ -162,9 +292,9 @@ def query_prometheus(
     try:
         for key, query in queries.items():
             url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-            result = _http_json(url)["data"]["result"]
+            result = _json(url)["data"]["result"]
             values[key] = float(result[0]["value"][1]) if result else None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, Unreachable) as error:
         log.info("prometheus query failed: %s", error)
         return None
     if values["requests"] is None:
@@ -178,72 +308,137 @@ def query_prometheus(
 
 
 def read_metrics(
-    md: ModelDeployment, observed: Observed, revision: str, snapshots: Snapshots
-) -> RevisionMetrics | None:
+    md: ModelDeployment,
+    observed: Observed,
+    revision: str,
+    snapshots: Snapshots,
+    tokens: tuple[str, ...] = (),
+) -> MetricsRead:
     source = md.spec.rollout.analysis.metric_source
-    model = md.spec.model.name or str(md.metadata.name)
+    model = served_model(observed, revision, md.spec.model.name or str(md.metadata.name))
     if source.type == MetricSourceType.PROMETHEUS and source.prometheus_url:
         # At least 30 s, so that a Prometheus scraping every 15 s has two samples to diff.
         window = (
             f"{max(int(parse_duration(md.spec.rollout.analysis.interval)), PROMQL_MIN_WINDOW)}s"
         )
-        return query_prometheus(source.prometheus_url, model, revision, window)
-    return scrape_revision(observed.pods_of(revision), md.spec.serving.port, model, snapshots)
+        return MetricsRead(query_prometheus(source.prometheus_url, model, revision, window))
+    port = md.spec.serving.port
+    return scrape_revision(observed.pods_of(revision), port, model, snapshots, tokens)
+
+
+@dataclass(frozen=True)
+class SmokeInputs:
+    """The smoke-test requests to send, or the reason they cannot be read (the canary waits)."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    problem: Hold | None = None
 
 
 def run_gates(
     md: ModelDeployment,
     canary_pods: list[dict[str, Any]],
-    stable_pods: list[dict[str, Any]],
+    stable_pods: list[dict[str, Any]] | None,
     smoke_inputs: list[dict[str, Any]],
-) -> list[Check]:
+    tokens: tuple[str, ...] = (),
+) -> tuple[list[Check], Hold | None]:
     """Model-aware gates: the canary's metadata and smoke predictions against stable's.
 
+    `stable_pods` None means stable has no ready pod (an outage being fixed): the canary is then
+    judged on its own — metadata is not compared, smoke requests must be answered with outputs.
     A pod that does not answer makes the gate Inconclusive (retried next pass, bounded by
-    progressDeadline), never Passed.
+    progressDeadline), never Passed; a pod that cannot be connected to holds the canary.
     """
+    default_model = md.spec.model.name or str(md.metadata.name)
     port = md.spec.serving.port
-    model = md.spec.model.name or str(md.metadata.name)
-    canary = next((p for p in canary_pods if _ready(p)), None)
-    stable = next((p for p in stable_pods if _ready(p)), None)
+    canary_pod = next((p for p in canary_pods if pod_ready(p)), None)
+    stable_pod = next((p for p in stable_pods or [] if pod_ready(p)), None)
+    canary = pod_target(canary_pod, default_model, port) if canary_pod else None
+    stable = pod_target(stable_pod, default_model, port) if stable_pod else None
+    alone = stable_pods is None
     checks: list[Check] = []
     for gate in needed_gates(md):
-        if canary is None or stable is None:
+        if canary is None or (stable is None and not alone):
             checks.append(Check(gate, CheckOutcome.INCONCLUSIVE, message="no ready pod to ask"))
             continue
         try:
-            if gate == "modelMetadata":
-                ours = _http_json(str(_pod_url(canary, port, f"/v2/models/{model}")))
-                theirs = _http_json(str(_pod_url(stable, port, f"/v2/models/{model}")))
-                checks.append(compare_metadata(ours, theirs))
-            else:
-                path = f"/v2/models/{model}/infer"
-                ours_list = [_http_json(str(_pod_url(canary, port, path)), b) for b in smoke_inputs]
-                theirs_list = [
-                    _http_json(str(_pod_url(stable, port, path)), b) for b in smoke_inputs
-                ]
-                tolerance = md.spec.rollout.analysis.smoke_tests
-                checks.append(
-                    compare_predictions(
-                        ours_list, theirs_list, tolerance.tolerance if tolerance else None
-                    )
-                )
+            checks.append(_gate(md, gate, canary, None if alone else stable, smoke_inputs, tokens))
+        except Unreachable as error:
+            return checks, _unreachable(error)
+        except PodRefused as error:
+            return checks, _rejected(error.target, error.code)
         except urllib.error.HTTPError as error:
             if error.code in (429, 503):  # not ready yet, or busy: ask again next pass
                 checks.append(Check(gate, CheckOutcome.INCONCLUSIVE, message=f"HTTP {error.code}"))
                 continue
             checks.append(
                 Check(gate, CheckOutcome.FAILED, f"HTTP {error.code}", "HTTP 200",
-                      message=f"canary answered {error.code} to the {gate} request", hard=True)
+                      message=f"{error.url} answered {error.code} to the {gate} request",
+                      hard=True)
             )  # fmt: skip
         except (OSError, ValueError) as error:
             checks.append(Check(gate, CheckOutcome.INCONCLUSIVE, message=f"no answer: {error}"))
-    return checks
+    return checks, None
+
+
+def _gate(
+    md: ModelDeployment,
+    gate: str,
+    canary: PodTarget,
+    stable: PodTarget | None,
+    smoke_inputs: list[dict[str, Any]],
+    tokens: tuple[str, ...],
+) -> Check:
+    """One gate against one canary pod and (unless judged alone) one stable pod."""
+
+    def ask(target: PodTarget, path: str, body: Any = None) -> Any:
+        try:
+            return _json(f"{target.base_url}/v2/models/{target.model}{path}", tokens, body)
+        except Unreachable as error:
+            raise Unreachable(error.reason, target) from error
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                raise PodRefused(target, error.code) from error
+            raise
+
+    if gate == "modelMetadata":
+        if stable is None:
+            return Check(gate, CheckOutcome.PASSED, message="no ready stable pod to compare with")
+        return compare_metadata(ask(canary, ""), ask(stable, ""))
+    ours = [ask(canary, "/infer", body) for body in smoke_inputs]
+    if stable is None:
+        return check_answers(ours)
+    theirs = [ask(stable, "/infer", body) for body in smoke_inputs]
+    smoke = md.spec.rollout.analysis.smoke_tests
+    return compare_predictions(ours, theirs, smoke.tolerance if smoke else None)
+
+
+class PodRefused(Exception):
+    """A pod answered 401/403 to the operator's credential."""
+
+    def __init__(self, target: PodTarget, code: int) -> None:
+        super().__init__(f"{target.name}: HTTP {code}")
+        self.target, self.code = target, code
+
+
+def _rejected(target: PodTarget, code: int) -> Hold:
+    message = f"pod {target.name} at {target.base_url} answered HTTP {code}: {CREDENTIAL_HINT}"
+    return Hold(CREDENTIAL_REJECTED, message)
+
+
+def _unreachable(error: Unreachable) -> Hold:
+    target = error.target
+    where = f"pod {target.name} at {target.base_url}" if target else "a pod"
+    return Hold(UNREACHABLE, f"cannot reach {where}: {error.reason}. {NETWORK_HINT}")
 
 
 def _deadline_passed(md: ModelDeployment, created: dt.datetime | None, now: dt.datetime) -> bool:
     limit = parse_duration(md.spec.rollout.progress_deadline)
     return created is not None and (now - created).total_seconds() > limit
+
+
+def has_ready_pod(observed: Observed, revision: str | None) -> bool:
+    """Whether `revision` serves anything: a rollback to a revision without one helps nobody."""
+    return revision is not None and any(pod_ready(p) for p in observed.pods_of(revision))
 
 
 def gather(
@@ -252,43 +447,61 @@ def gather(
     desired: str,
     now: dt.datetime,
     snapshots: Snapshots,
-    smoke_inputs: list[dict[str, Any]],
+    smoke: SmokeInputs | None = None,
+    tokens: tuple[str, ...] = (),
 ) -> Evidence:
     """The evidence this pass needs, given what status says is going on."""
     forget_gone_pods(snapshots, observed)
     status = md.status
     stable = status.stable_revision
     canary = status.canary_revision
+    analysis = md.spec.rollout.analysis
     if stable is None:
         return Evidence()
     if canary is not None and canary == desired and not is_rejected(md, desired):
         deployment = observed.deployment_for(canary)
         created = _created(deployment) or now
-        pods = judge_pods(observed.pods_of(canary), created, now, md.spec.rollout.progress_deadline)
-        gates = None
+        canary_pods = observed.pods_of(canary)
+        fallback_ready = has_ready_pod(observed, stable)
+        pods = judge_pods(
+            canary_pods, created, now, md.spec.rollout.progress_deadline, analysis.max_restarts
+        )
+        gates, hold = None, None
         if not gates_passed(md) and pods.outcome == CheckOutcome.PASSED:
-            gates = run_gates(md, observed.pods_of(canary), observed.pods_of(stable), smoke_inputs)
-            if _deadline_passed(md, created, now):
+            smoke = smoke or SmokeInputs()
+            hold = smoke.problem
+            if hold is None:
+                stable_pods = observed.pods_of(stable) if fallback_ready else None
+                gates, hold = run_gates(md, canary_pods, stable_pods, smoke.requests, tokens)
+            if hold is None and gates is not None and _deadline_passed(md, created, now):
                 gates = [_timed_out(g) for g in gates]
         metrics = None
         if gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED:
-            metrics = judge_metrics(
-                md.spec.rollout.analysis,
-                read_metrics(md, observed, canary, snapshots),
-                read_metrics(md, observed, stable, snapshots),
-            )
-        return Evidence(pods=pods, metrics=metrics, gates=gates)
+            ours = read_metrics(md, observed, canary, snapshots, tokens)
+            if ours.metrics is None and ours.problem is not None:
+                hold = ours.problem
+            else:
+                theirs = read_metrics(md, observed, stable, snapshots, tokens)
+                metrics = judge_metrics(analysis, ours.metrics, theirs.metrics)
+        return Evidence(pods, metrics, gates, hold, fallback_ready)
     if in_rollback_window(md, stable, now):
         previous = previous_revision(md, stable, set(observed.revisions()))
-        signals = judge_pods(observed.pods_of(stable), None, now, md.spec.rollout.progress_deadline)
+        signals = judge_pods(
+            observed.pods_of(stable), None, now, md.spec.rollout.progress_deadline,
+            analysis.max_restarts,
+        )  # fmt: skip
         failing = signals if signals.outcome == CheckOutcome.FAILED else None
         metrics = None
         if analysis_due(md, now):
-            baseline = read_metrics(md, observed, previous, snapshots) if previous else None
+            baseline = read_metrics(md, observed, previous, snapshots, tokens) if previous else None
             metrics = judge_metrics(
-                md.spec.rollout.analysis, read_metrics(md, observed, stable, snapshots), baseline
+                analysis,
+                read_metrics(md, observed, stable, snapshots, tokens).metrics,
+                baseline.metrics if baseline else None,
             )
-        return Evidence(pods=failing, metrics=metrics)
+        return Evidence(
+            pods=failing, metrics=metrics, fallback_ready=has_ready_pod(observed, previous)
+        )
     return Evidence()
 
 
@@ -297,10 +510,8 @@ def forget_gone_pods(snapshots: Snapshots, observed: Observed) -> None:
     if not observed.pods:
         return
     namespace = observed.pods[0]["metadata"]["namespace"]
-    owner = observed.pods[0]["metadata"].get("labels", {}).get(OWNER)
-    live = {p["metadata"]["name"] for p in observed.pods}
-    for key in [k for k in snapshots if k[0] == namespace and k[1] == owner and k[2] not in live]:
-        del snapshots[key]
+    owner = observed.pods[0]["metadata"].get("labels", {}).get(OWNER, "")
+    snapshots.forget(namespace, owner, keep={p["metadata"]["name"] for p in observed.pods})
 
 
 def _timed_out(gate: Check) -> Check:

@@ -14,98 +14,63 @@ object that has a timer.
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from .api import GROUP, KIND, PLURAL, VERSION
 from .config import OperatorConfig
-from .evidence import Snapshots
+from .credential import load_or_create, operator_namespace
+from .health import serve_health
 from .kube import Kube
-from .metrics import OperatorMetrics
 from .naming import MANAGED_BY, MANAGER, OWNER
-from .reconcile import PassResult, reconcile
+from .reconcile import PassContext, PassResult, reconcile
+from .runtime import Key, Runtime, backoff_seconds
 
 log = logging.getLogger("modeldeploy")
 TICK_SECONDS = 0.5
 CHILD_RESOURCES = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "pods"))
 HPA_RESOURCE = ("autoscaling", "v2", "horizontalpodautoscalers")
 
-
-@dataclass
-class Runtime:
-    """Process-wide state the handlers share: settings, API client, metrics, per-object locks."""
-
-    config: OperatorConfig
-    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-    kube: Kube | None = None
-    phases: dict[tuple[str, str], str] = field(default_factory=dict)
-    stop: threading.Event = field(default_factory=threading.Event)
-    snapshots: Snapshots = field(default_factory=dict)
-    # (namespace, name) -> monotonic time a canary's next analysis or step is due.
-    due: dict[tuple[str, str], float] = field(default_factory=dict)
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _locks_guard: threading.Lock = field(default_factory=threading.Lock)
-
-    def lock(self, key: tuple[str, str]) -> threading.Lock:
-        """Timer, change and child handlers may run at once; one pass per object at a time."""
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def record_phase(self, key: tuple[str, str], phase: str | None) -> None:
-        if phase is None:
-            self.phases.pop(key, None)
-        else:
-            self.phases[key] = phase
-        counts: dict[str, int] = {}
-        for value in self.phases.values():
-            counts[value] = counts.get(value, 0) + 1
-        self.metrics.by_phase.clear()
-        for value, count in counts.items():
-            self.metrics.by_phase.labels(phase=value).set(count)
+__all__ = ["Runtime", "register", "run", "run_pass"]
 
 
-def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult | None:
-    """Reconcile the ModelDeployment once, with metrics and Events; re-raises so kopf retries.
+def run_pass(runtime: Runtime, key: Key, trigger: str) -> PassResult | None:
+    """Reconcile the ModelDeployment `key` once, with metrics and Events; raises on failure.
 
     The object is read again under the lock: the body a handler was given may predate the status
     another trigger's pass just wrote, and planning from stale status repeats transitions.
     """
     assert runtime.kube is not None
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    key = (namespace, name)
+    namespace, name = key
     with runtime.lock(key), runtime.metrics.reconcile_seconds.time():
         try:
             fresh = runtime.kube.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                runtime.forget(key)
                 return None
-            result = reconcile(
-                runtime.kube, runtime.config, fresh, runtime.clock(), runtime.snapshots
-            )
+            context = PassContext(runtime.snapshots, runtime.tokens, runtime.slots)
+            result = reconcile(runtime.kube, runtime.config, fresh, runtime.clock(), context)
         except Exception:
             runtime.metrics.reconciles.labels(trigger=trigger, result="error").inc()
             raise
     runtime.metrics.reconciles.labels(trigger=trigger, result="ok").inc()
+    runtime.succeeded(key)
     runtime.record_phase(key, result.plan.status.get("phase"))
-    if result.plan.requeue_after is None:
-        runtime.due.pop(key, None)
-    else:
-        runtime.due[key] = time.monotonic() + result.plan.requeue_after
+    runtime.schedule(key, result.plan.requeue_after)
     weight = result.plan.status.get("effectiveWeight")
     runtime.metrics.canary_weight.labels(namespace=namespace, name=name).set(weight or 0)
     if any(event.reason == "RolledBack" for event in result.events):
         record = result.plan.status.get("lastRollback", {})
         reason = record.get("check", "unknown")
         runtime.metrics.rollbacks.labels(reason=reason).inc()
-        detect = str(record.get("timeToDetect", "")).removesuffix("s")
+        detect = str(record.get("timeSinceStart", "")).removesuffix("s")
         if detect.replace(".", "", 1).isdigit():
             runtime.metrics.time_to_rollback.labels(reason=reason).observe(float(detect))
     stamp = runtime.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -123,31 +88,97 @@ def run_pass(runtime: Runtime, body: dict[str, Any], trigger: str) -> PassResult
     return result
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for the log: what failed, without a traceback (a retry follows)."""
+    if isinstance(error, ApiException):
+        return f"API server answered {error.status} {error.reason}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def run_guarded(runtime: Runtime, key: Key, trigger: str, *, wait: bool = True) -> None:
+    """Run a pass; on failure log one line and retry later with back-off (1 s doubling to 60 s),
+    through the resync thread, so an unreachable API server costs one line per retry and a due
+    canary is not hammered.
+
+    `wait=False` skips an object whose pass is already running in another thread: that pass
+    reads the object afresh, so a second one right after it would find nothing new.
+    """
+    lock = runtime.lock(key)
+    if not wait:
+        if not lock.acquire(blocking=False):
+            return
+        lock.release()
+    try:
+        run_pass(runtime, key, trigger)
+    except Exception as error:
+        delay = runtime.failed(key)
+        log.warning(
+            "%s pass of %s/%s failed (%d in a row), retrying in %.0fs: %s",
+            trigger, *key, runtime.failures(key), delay, describe_error(error),
+        )  # fmt: skip
+
+
 def resync_forever(runtime: Runtime) -> None:
     """The periodic level-based pass: every resync period, reconcile every ModelDeployment we
     watch, so drift that raised no event (or an event we missed) is still repaired. In between,
-    canaries are reconciled when their next analysis or step is due."""
+    canaries are reconciled when their next analysis or step is due, and failed passes retried."""
     assert runtime.kube is not None
     next_full = time.monotonic() + runtime.config.resync_seconds
+    list_failures = 0
     while not runtime.stop.wait(TICK_SECONDS):
+        runtime.beat("idle")
         now = time.monotonic()
         if now >= next_full:
-            next_full = now + runtime.config.resync_seconds
+            runtime.beat("listing ModelDeployments")
             try:
                 bodies = runtime.kube.list_model_deployments(runtime.config.namespaces)
-            except Exception:
-                log.exception("resync: listing ModelDeployments failed")
-                continue
-            keys = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies]
-            trigger = "timer"
+            except Exception as error:
+                list_failures += 1
+                delay = min(runtime.config.resync_seconds, 2.0 ** (list_failures - 1))
+                next_full = now + delay
+                log.warning(
+                    "resync: listing ModelDeployments failed (%d in a row), retrying in %.0fs: %s",
+                    list_failures, delay, describe_error(error),
+                )  # fmt: skip
+                keys = runtime.due_now()
+                trigger = "retry"
+            else:
+                list_failures = 0
+                next_full = now + runtime.config.resync_seconds
+                keys = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in bodies]
+                for gone in runtime.known() - set(keys):  # deleted while we missed the event
+                    runtime.forget(gone)
+                trigger = "timer"
         else:
-            keys = [key for key, due in list(runtime.due.items()) if due <= now]
+            keys = runtime.due_now()
             trigger = "requeue"
-        for namespace, name in keys:
-            try:
-                run_pass(runtime, {"metadata": {"namespace": namespace, "name": name}}, trigger)
-            except Exception:
-                log.exception("%s pass of %s/%s failed", trigger, namespace, name)
+        for key in keys:
+            if runtime.stop.is_set():
+                return
+            runtime.beat(f"{trigger} pass of {key[0]}/{key[1]}")
+            run_guarded(runtime, key, trigger, wait=False)
+
+
+def load_credential(runtime: Runtime, attempts: int = 8) -> None:
+    """Read (or create) the operator's credential Secret, retrying while the API server is
+    unreachable; the pods of models with auth are told its hash (see `credential`)."""
+    assert runtime.kube is not None
+    namespace = operator_namespace(runtime.config.operator_namespace)
+    for attempt in range(1, attempts + 1):
+        try:
+            credential = load_or_create(runtime.kube, namespace)
+            break
+        except Exception as error:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "reading the operator credential in %s failed (attempt %d), retrying: %s",
+                namespace, attempt, describe_error(error),
+            )  # fmt: skip
+            time.sleep(backoff_seconds(attempt))
+    runtime.credential = credential
+    runtime.config = dataclasses.replace(runtime.config, operator_token_sha256=credential.verifier)
 
 
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -187,6 +218,8 @@ def register(
         if serve_metrics:
             start_http_server(runtime.config.metrics_port, registry=runtime.metrics.registry)
             log.info("metrics on :%d/metrics", runtime.config.metrics_port)
+            serve_health(runtime, runtime.config.health_port)
+        load_credential(runtime)
         threading.Thread(target=resync_forever, args=(runtime,), name="resync", daemon=True).start()
 
     @kopf.on.cleanup(registry=registry)
@@ -198,39 +231,43 @@ def register(
         # In-cluster service account or KUBECONFIG, read by the official client like our own calls.
         return kopf.login_via_client(**kwargs)
 
+    # Handlers never raise: a failed pass is logged in one line and retried by the resync thread
+    # with back-off (kopf would log a traceback per attempt, on its own schedule).
     @kopf.on.resume(*md, registry=registry)
     def on_resume(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _ref(body), "resume")
+        run_guarded(runtime, _key(body), "resume")
 
     @kopf.on.create(*md, registry=registry)
     def on_create(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _ref(body), "create")
+        run_guarded(runtime, _key(body), "create")
 
     @kopf.on.update(*md, registry=registry, field="spec")
     def on_update(body: kopf.Body, **_: Any) -> None:
-        run_pass(runtime, _ref(body), "update")
+        run_guarded(runtime, _key(body), "update")
 
-    @kopf.on.delete(*md, registry=registry, optional=True)
-    def on_delete(body: kopf.Body, **_: Any) -> None:
-        # Children go with their owner through garbage collection; only forget the object here.
-        runtime.record_phase((body["metadata"]["namespace"], body["metadata"]["name"]), None)
+    @kopf.on.event(*md, registry=registry)
+    def on_model_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        # There is no finalizer (see the module docstring), so deletion is seen as a watch event:
+        # children go with their owner through garbage collection; forget the object here.
+        if type == "DELETED":
+            runtime.forget(_key(body))
 
     def on_child(body: kopf.Body, type: str | None, **_: Any) -> None:
         labels = body.get("metadata", {}).get("labels", {})
         owner, namespace = labels.get(OWNER), body.get("metadata", {}).get("namespace")
         if not owner or runtime.kube is None or type is None:
             return  # type None: the initial listing, which resume handlers already cover
-        run_pass(runtime, {"metadata": {"namespace": namespace, "name": owner}}, "child")
+        run_guarded(runtime, (namespace, owner), "child")
 
     child_labels: dict[str, Any] = {MANAGED_BY: MANAGER, OWNER: kopf.PRESENT}
     for group, version, plural in (*CHILD_RESOURCES, HPA_RESOURCE):
         kopf.on.event(group, version, plural, labels=child_labels, registry=registry)(on_child)
 
 
-def _ref(body: kopf.Body) -> dict[str, Any]:
+def _key(body: kopf.Body) -> Key:
     """Only the object's name: run_pass reads it afresh under its lock."""
     meta = body["metadata"]
-    return {"metadata": {"namespace": meta["namespace"], "name": meta["name"]}}
+    return (meta["namespace"], meta["name"])
 
 
 def run(config: OperatorConfig) -> None:
@@ -246,5 +283,4 @@ def run(config: OperatorConfig) -> None:
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import Analysis, CheckOutcome, parse_duration
+from .observed import pod_ready
 
 PASSED, FAILED, INCONCLUSIVE = CheckOutcome.PASSED, CheckOutcome.FAILED, CheckOutcome.INCONCLUSIVE
 # Waiting reasons that mean the container will not start without a change to the pod.
@@ -107,13 +108,17 @@ def millis(seconds: float) -> str:
 
 
 def judge_pods(
-    pods: list[dict[str, Any]], created: dt.datetime | None, now: dt.datetime, deadline: str
+    pods: list[dict[str, Any]],
+    created: dt.datetime | None,
+    now: dt.datetime,
+    deadline: str,
+    max_restarts: int = 2,
 ) -> Check:
     """Kubernetes signals of the canary's pods, the cheapest and fastest evidence."""
     for pod in pods:
         name = pod["metadata"]["name"]
         for status in pod.get("status", {}).get("containerStatuses", []) or []:
-            failure = container_failure(status)
+            failure = container_failure(status, max_restarts)
             if failure is not None:
                 value, threshold = failure
                 return Check(
@@ -124,13 +129,13 @@ def judge_pods(
                     message=f"pod {name}: {value}",
                     hard=True,
                 )
-    ready = sum(1 for p in pods if _pod_ready(p))
+    ready = sum(1 for p in pods if pod_ready(p))
     if pods and ready == len(pods):
         return Check("podsReady", PASSED, f"{ready}/{len(pods)}")
     # Each pod gets the whole deadline from its own creation: pods added at a later step are not
     # held to the canary's start. No pods at all count from the Deployment's creation.
     limit = parse_duration(deadline)
-    waiting = [p for p in pods if not _pod_ready(p)]
+    waiting = [p for p in pods if not pod_ready(p)]
     starts = [_created(p) or created for p in waiting] if waiting else [created]
     waited = max(((now - s).total_seconds() for s in starts if s is not None), default=0.0)
     if waited > limit:
@@ -149,9 +154,14 @@ def _created(pod: dict[str, Any]) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def container_failure(status: dict[str, Any]) -> tuple[str, str] | None:
+def container_failure(status: dict[str, Any], max_restarts: int = 2) -> tuple[str, str] | None:
     """(observed, expected) when a container status shows it will not run properly: the most
-    telling reason first (OOMKilled explains the CrashLoopBackOff it causes)."""
+    telling reason first (OOMKilled explains the CrashLoopBackOff it causes).
+
+    Restarts alone fail only above `max_restarts`: one liveness restart is not a broken release,
+    while a crash loop shows as CrashLoopBackOff and fails at once.
+    Example: max_restarts 2 → 2 restarts pass, 3 fail ("3 restarts" vs "<= 2 restarts").
+    """
     last = (status.get("lastState") or {}).get("terminated") or {}
     if last.get("reason") == "OOMKilled":
         return "OOMKilled", "no container failures"
@@ -159,16 +169,9 @@ def container_failure(status: dict[str, Any]) -> tuple[str, str] | None:
     if waiting.get("reason") in BAD_WAITING:
         return str(waiting["reason"]), "no container failures"
     restarts = int(status.get("restartCount") or 0)
-    if restarts > 0:
-        return f"{restarts} restarts", "0 restarts"
+    if restarts > max_restarts:
+        return f"{restarts} restarts", f"<= {max_restarts} restarts"
     return None
-
-
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in pod.get("status", {}).get("conditions", []) or []
-    )
 
 
 def judge_metrics(
@@ -240,6 +243,26 @@ def compare_metadata(canary: dict[str, Any], stable: dict[str, Any]) -> Check:
         if ours[side] != theirs[side]
     ]
     return Check("modelMetadata", FAILED, message="; ".join(diffs), hard=True)
+
+
+def check_answers(canary: list[dict[str, Any]]) -> Check:
+    """Smoke-test responses judged on their own, when no stable pod is there to compare with:
+    every request answered with at least one named output carrying data."""
+    for index, response in enumerate(canary):
+        outputs = response.get("outputs") if isinstance(response, dict) else None
+        if not outputs or not all(isinstance(o, dict) and "data" in o for o in outputs):
+            return Check(
+                "smokeTests",
+                FAILED,
+                message=f"input {index}: the answer has no outputs with data",
+                hard=True,
+            )
+    return Check(
+        "smokeTests",
+        PASSED,
+        samples=len(canary),
+        message="answered every request; no ready stable pod to compare predictions with",
+    )
 
 
 def compare_predictions(

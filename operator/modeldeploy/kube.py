@@ -8,9 +8,12 @@ Every write is counted in the operator's metrics so an idle pass that writes sho
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -19,6 +22,9 @@ from .metrics import OperatorMetrics
 
 FIELD_MANAGER = "modeldeploy"
 USER_AGENT = "modeldeploy-operator"
+# (connect, read) seconds. Short enough that an unreachable API server costs a pass seconds, not
+# minutes; long enough for a list of a few thousand objects on a busy server.
+REQUEST_TIMEOUT = (5.0, 20.0)
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes.
 PLURALS = {
@@ -26,6 +32,7 @@ PLURALS = {
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("modeldeploy.io/v1alpha1", "ModelDeployment"): "modeldeployments",
@@ -39,11 +46,31 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
 
 
 @dataclass
+class Reachability:
+    """Whether the last call reached the API server, and since when it has not (for /readyz)."""
+
+    down_since: float | None = None  # monotonic
+    last_error: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ok(self) -> None:
+        with self._lock:
+            self.down_since, self.last_error = None, ""
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            self.last_error = error
+
+
+@dataclass
 class Kube:
     """A small typed-agnostic client: dicts in, dicts out."""
 
     api: k8s.ApiClient
     metrics: OperatorMetrics
+    reachability: Reachability = field(default_factory=Reachability)
 
     @classmethod
     def from_environment(cls, metrics: OperatorMetrics) -> Kube:
@@ -53,6 +80,9 @@ class Kube:
             k8s_config.load_incluster_config(client_configuration=configuration)
         except k8s_config.ConfigException:
             k8s_config.load_kube_config(client_configuration=configuration)
+        # One attempt per call: the caller decides when to retry (with backoff), so an
+        # unreachable server cannot multiply every timeout by urllib3's default retries.
+        configuration.retries = False
         api = k8s.ApiClient(configuration)
         api.user_agent = USER_AGENT
         return cls(api, metrics)
@@ -78,8 +108,15 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(method_, url, headers, payload, post, _request_timeout=30)
-        data = response.read()
+        try:
+            response = self.api.call_api(
+                method_, url, headers, payload, post, _request_timeout=REQUEST_TIMEOUT
+            )
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            self.reachability.failed(f"{type(error).__name__}: {error}"[:300])
+            raise
+        self.reachability.ok()
         if not 200 <= response.status < 300:
             raise ApiException(status=response.status, reason=response.reason, body=data)
         return json.loads(data) if data else {}
@@ -128,6 +165,11 @@ class Kube:
             body=obj,
             content_type="application/apply-patch+yaml",
         )
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = collection_path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        return self._call("POST", path, body=obj)
 
     def merge_patch(self, obj: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch with `obj`: lists are replaced whole, unlike server-side apply."""

@@ -53,6 +53,14 @@ class Observed:
         return [p for p in self.pods if p["metadata"].get("labels", {}).get(REVISION) == revision]
 
 
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition, as the kubelet's readiness probe set it."""
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in pod.get("status", {}).get("conditions", []) or []
+    )
+
+
 def ready_replicas(deployment: dict[str, Any] | None) -> int:
     return int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
 

@@ -27,8 +27,8 @@ from .observed import (
     total_replicas,
 )
 from .planner_types import ChildRef, Event
-from .revision import revision_of
-from .rollout import Evidence, RolloutState, next_state, parse_time, stamp
+from .revision import SPEC_DIGEST, revision_of, spec_digest
+from .rollout import Admission, Evidence, RolloutState, next_state, parse_time, stamp
 from .traffic import (
     build_http_route,
     build_services,
@@ -105,17 +105,30 @@ def reapply_from_observed(deployment: dict[str, Any], replicas: int | None) -> d
         },
         "spec": {"selector": spec["selector"], "template": spec["template"]},
     }
+    digest = (meta.get("annotations") or {}).get(SPEC_DIGEST)
+    if digest:  # ours: leaving it out of the apply would make server-side apply delete it
+        out["metadata"]["annotations"] = {SPEC_DIGEST: digest}
     if replicas is not None:
         out["spec"]["replicas"] = replicas
     return out
 
 
 def plan_children(
-    md: ModelDeployment, observed: Observed, state: RolloutState, desired: str, image: str
+    md: ModelDeployment,
+    observed: Observed,
+    state: RolloutState,
+    desired: str,
+    image: str,
+    operator_token_sha256: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[ChildRef], int]:
     """Desired children and deletions for `state`; also returns the stable size used."""
     assert md.metadata.name is not None
     name = md.metadata.name
+    digest = {SPEC_DIGEST: spec_digest(md.spec)}
+
+    def build(revision: str, replicas: int | None) -> dict[str, Any]:
+        return build_deployment(md, revision, image, replicas, operator_token_sha256, digest)
+
     autoscaling = md.spec.scaling.autoscaling
     stable_size = _stable_replicas(md, observed, state.stable)
     objects: list[dict[str, Any]] = []
@@ -126,7 +139,7 @@ def plan_children(
         else md.spec.scaling.fixed_replicas()
     )
     if state.stable == desired:
-        objects.append(build_deployment(md, desired, image, stable_replicas))
+        objects.append(build(desired, stable_replicas))
     else:
         current = observed.deployment_for(state.stable)
         if current is not None:
@@ -137,9 +150,9 @@ def plan_children(
             if md.spec.traffic.router == Router.GATEWAY_API
             else replica_split(state.weight, stable_size)
         )
-        objects.append(build_deployment(md, state.canary, image, split.canary_replicas))
+        objects.append(build(state.canary, split.canary_replicas))
     if state.scaled_to_zero == desired and state.canary is None and desired != state.stable:
-        objects.append(build_deployment(md, desired, image, 0))
+        objects.append(build(desired, 0))
     objects += build_services(md, state.stable, state.canary, state.weight)
     route = build_http_route(md, state.canary, state.weight)
     if route is not None:
@@ -181,16 +194,20 @@ def plan(
     now: dt.datetime,
     config: OperatorConfig,
     evidence: Evidence | None = None,
+    admission: Admission | None = None,
 ) -> Plan:
     """One reconcile pass."""
     image = resolve_image(md, config)
-    desired = revision_of(md.spec, image)
+    desired = revision_of(md, image, config.operator_token_sha256)
     canary_deployment = observed.deployment_for(desired)
     created = parse_time((canary_deployment or {}).get("metadata", {}).get("creationTimestamp"))
     state = next_state(
-        md, desired, set(observed.revisions()), evidence or Evidence(), now, created or now
+        md, desired, set(observed.revisions()), evidence or Evidence(), now, created or now,
+        admission or Admission(),
+    )  # fmt: skip
+    objects, delete, stable_size = plan_children(
+        md, observed, state, desired, image, config.operator_token_sha256
     )
-    objects, delete, stable_size = plan_children(md, observed, state, desired, image)
     # Re-applying an unchanged child is still a write: only send what differs from the cluster.
     to_apply = [
         obj
@@ -285,15 +302,32 @@ def plan_status(
         }
         step_text = f"step {(state.step or 0) + 1}/{len(md.spec.rollout.steps)}"
         progress = f"canary {state.canary} at {state.weight}% ({step_text})"
+        if (state.analysis or {}).get("withoutStable"):
+            progress += (
+                f"; stable {state.stable} has no ready pod, so the canary is judged on its own "
+                "and promoted without steps once healthy"
+            )
         if state.failed is not None:
-            phase = Phase.PAUSED
             why = state.failed.message or f"{state.failed.name} {state.failed.value}"
+            reason = state.no_fallback[0] if state.no_fallback else "AnalysisFailed"
+            phase = Phase.DEGRADED if state.no_fallback else Phase.PAUSED
+            stalled = why if state.no_fallback else f"onFailure is Pause: {why}"
             conditions = [
                 Condition("Ready", stable_ready > 0, "StableServing", serving),
-                Condition("Progressing", False, "AnalysisFailed", why),
-                Condition("Degraded", True, "AnalysisFailed", why),
-                Condition("Reconciling", False, "AnalysisFailed"),
-                Condition("Stalled", True, "AnalysisFailed", f"onFailure is Pause: {why}"),
+                Condition("Progressing", False, reason, why),
+                Condition("Degraded", True, reason, why),
+                Condition("Reconciling", False, reason),
+                Condition("Stalled", True, reason, stalled),
+            ]
+        elif state.held is not None:
+            phase = Phase.PAUSED
+            held = state.held
+            conditions = [
+                Condition("Ready", stable_ready > 0, "StableServing", serving),
+                Condition("Progressing", True, held.reason, f"{progress}; waiting: {held.message}"),
+                Condition("Degraded", False, "Healthy"),
+                Condition("Reconciling", True, held.reason, progress),
+                Condition("Stalled", True, held.reason, held.message),
             ]
         else:
             phase = Phase.PAUSED if state.paused else Phase.PROGRESSING
@@ -312,7 +346,9 @@ def plan_status(
         rejected_reason = next(
             (r.get("reason") for r in state.rejected if r["revision"] == desired), None
         )
-        phase = Phase.DEGRADED
+        # RollingBack while the rejected revision still has pods; Degraded once they are gone.
+        draining = total_replicas(observed.deployment_for(desired)) > 0
+        phase = Phase.ROLLING_BACK if draining else Phase.DEGRADED
         conditions = [
             Condition("Ready", stable_ready > 0, "StableServing", serving),
             Condition("Progressing", False, "RolledBack", why),
@@ -323,13 +359,26 @@ def plan_status(
                 f"revision {desired} was rolled back; change the model or rollout.retry to retry",
             ),
         ]  # fmt: skip
+    elif stable_done and state.no_fallback is not None:
+        reason, why = state.no_fallback
+        phase = Phase.DEGRADED
+        conditions = [
+            Condition("Ready", True, "Available", serving),
+            Condition("Progressing", False, reason, why),
+            Condition("Degraded", True, reason, why),
+            Condition("Reconciling", False, reason),
+            Condition("Stalled", True, reason, why),
+        ]
     elif stable_done:
         phase = Phase.READY
+        waiting = state.queued
         conditions = [
             Condition("Ready", True, "Available", serving),
             Condition("Progressing", False, "RolloutComplete", f"revision {state.stable} serves"),
             Condition("Degraded", False, "Healthy"),
-            Condition("Reconciling", False, "Reconciled"),
+            Condition("Reconciling", False, "Reconciled")
+            if waiting is None
+            else Condition("Reconciling", True, waiting.reason, waiting.message),
             Condition("Stalled", False, "Reconciled"),
         ]
     elif stuck:

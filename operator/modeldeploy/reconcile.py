@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -19,12 +20,13 @@ from .api import InvalidModelDeployment, ModelDeployment, parse_model_deployment
 from .children import resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
-from .evidence import Snapshots, gather
+from .evidence import SmokeInputs, Snapshots, gather
 from .kube import Kube
 from .naming import owned_selector
 from .observed import Observed
 from .planner import Event, Plan, plan, timestamp
-from .revision import revision_of
+from .revision import revision_of, rollout_cause
+from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -64,19 +66,61 @@ def _routes(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
         raise
 
 
-def smoke_inputs(kube: Kube, md: ModelDeployment) -> list[dict[str, Any]]:
-    """Inline smoke-test requests plus those in the referenced ConfigMap key (a JSON array)."""
+SMOKE_INPUTS_INVALID = "SmokeInputsInvalid"
+
+
+def smoke_inputs(kube: Kube, md: ModelDeployment) -> SmokeInputs:
+    """Inline smoke-test requests plus those in the referenced ConfigMap key (a JSON array).
+
+    A ConfigMap that is missing, unreadable or not a JSON array of request objects is a problem
+    the canary waits on (no gate passes on nothing), named in status and an Event — never an
+    exception that would stop this ModelDeployment from being reconciled at all.
+    """
     smoke = md.spec.rollout.analysis.smoke_tests
     if smoke is None:
-        return []
+        return SmokeInputs()
     inputs = list(smoke.inputs)
     ref = smoke.config_map_ref
-    if ref is not None and md.metadata.namespace:
-        config_map = kube.get("v1", "ConfigMap", md.metadata.namespace, ref.name) or {}
-        raw = config_map.get("data", {}).get(ref.key)
-        if raw:
-            inputs += json.loads(raw)
-    return inputs
+    if ref is None or not md.metadata.namespace:
+        return SmokeInputs(inputs)
+    where = f"ConfigMap {md.metadata.namespace}/{ref.name}"
+    try:
+        config_map = kube.get("v1", "ConfigMap", md.metadata.namespace, ref.name)
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        return _smoke_problem(f"{where} cannot be read: the operator is forbidden to get it")
+    if config_map is None:
+        return _smoke_problem(f"{where} (smokeTests.configMapRef) does not exist")
+    data = config_map.get("data") or {}
+    if ref.key not in data:
+        keys = ", ".join(sorted(data)) or "none"
+        return _smoke_problem(f"{where} has no key {ref.key!r} (its keys: {keys})")
+    problem, requests = parse_smoke_requests(data[ref.key])
+    if problem:
+        return _smoke_problem(f"{where} key {ref.key!r} {problem}")
+    if not inputs and not requests:
+        return _smoke_problem(f"{where} key {ref.key!r} is an empty array: nothing to test")
+    return SmokeInputs(inputs + requests)
+
+
+def parse_smoke_requests(raw: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(problem, requests) from a ConfigMap value that should be a JSON array of objects."""
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        return f"is not valid JSON: {error}", []
+    if not isinstance(value, list):
+        kind = type(value).__name__.replace("dict", "object").replace("str", "string")
+        return f"must be a JSON array of inference requests, not a JSON {kind}", []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            return f"item {index} is not an inference request object: {json.dumps(item)[:80]}", []
+    return None, value
+
+
+def _smoke_problem(message: str) -> SmokeInputs:
+    return SmokeInputs(problem=Hold(SMOKE_INPUTS_INVALID, f"{message}; the canary waits"))
 
 
 def status_patch(current: dict[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,14 +178,75 @@ def invalid_status(
     }
 
 
+class RolloutSlots:
+    """Fleet-wide cap on rollouts the operator caused itself (a new default image, template or
+    credential), so an operator upgrade rolls models forward a few at a time instead of all at
+    once. Rollouts of a user's spec change never take a slot. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._holders: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def acquire(self, key: tuple[str, str], force: bool = False) -> bool:
+        """Take a slot for `key` (kept if it has one); `force` for a rollout already running,
+        e.g. found in status after a restart."""
+        with self._lock:
+            if key in self._holders or force or len(self._holders) < self.limit:
+                self._holders.add(key)
+                return True
+            return False
+
+    def release(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._holders.discard(key)
+
+    def in_use(self) -> int:
+        with self._lock:
+            return len(self._holders)
+
+
+@dataclass
+class PassContext:
+    """What a pass shares with every other: remembered scrapes, the operator's credential, the
+    rollout slots."""
+
+    snapshots: Snapshots = field(default_factory=Snapshots)
+    tokens: tuple[str, ...] = ()
+    slots: RolloutSlots | None = None
+
+
+def admit(
+    md: ModelDeployment, observed: Observed, desired: str, slots: RolloutSlots | None
+) -> Admission:
+    """Whether a new canary may start: always for the user's changes; for the operator's own,
+    when a fleet-wide slot is free (or this object already holds one)."""
+    key = (str(md.metadata.namespace), str(md.metadata.name))
+    cause = rollout_cause(md, observed, desired)
+    if cause != OPERATOR_CAUSE or slots is None:
+        return Admission(SPEC_CAUSE)
+    running = md.status.canary_revision is not None
+    if slots.acquire(key, force=running):
+        return Admission(OPERATOR_CAUSE)
+    return Admission(
+        OPERATOR_CAUSE,
+        waiting=(
+            f"revision {desired} comes from the operator (serving image, pod template or "
+            f"credential), not from the spec; it waits for a rollout slot: {slots.in_use()} of "
+            f"{slots.limit} in use (MODELDEPLOY_MAX_CONCURRENT_ROLLOUTS)"
+        ),
+    )
+
+
 def reconcile(
     kube: Kube,
     config: OperatorConfig,
     body: dict[str, Any],
     now: dt.datetime,
-    snapshots: Snapshots | None = None,
+    context: PassContext | None = None,
 ) -> PassResult:
     """Bring the children of the ModelDeployment `body` to the planned state and write status."""
+    context = context or PassContext()
     started = time.monotonic()
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -155,10 +260,14 @@ def reconcile(
         return PassResult(Plan(), patch is not None, time.monotonic() - started)
 
     observed = read_observed(kube, namespace, name)
-    desired = revision_of(md.spec, resolve_image(md, config))
-    inputs = smoke_inputs(kube, md) if md.status.canary_revision == desired else []
-    evidence = gather(md, observed, desired, now, {} if snapshots is None else snapshots, inputs)
-    result = plan(md, observed, now, config, evidence)
+    desired = revision_of(md, resolve_image(md, config), config.operator_token_sha256)
+    gating = md.status.canary_revision == desired and not gates_passed(md)
+    inputs = smoke_inputs(kube, md) if gating else SmokeInputs()
+    evidence = gather(md, observed, desired, now, context.snapshots, inputs, context.tokens)
+    admission = admit(md, observed, desired, context.slots)
+    result = plan(md, observed, now, config, evidence, admission)
+    if context.slots is not None and result.status.get("canaryCause") != OPERATOR_CAUSE:
+        context.slots.release((namespace, name))
     missing_kinds = []
     for obj in result.apply:
         log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])

@@ -20,7 +20,7 @@ The rules, in order, for a pass where the desired revision R differs from stable
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .api import (
@@ -39,12 +39,42 @@ GATE_CHECKS = ("modelMetadata", "smokeTests")
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Why the canary cannot be judged now through no fault of its own (its smoke inputs cannot
+    be read, its pods cannot be reached): it waits at its step, neither advancing nor counting
+    towards a rollback, until a person fixes the cause."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Evidence:
-    """What the shell gathered this pass; None means "not gathered" (not due or not needed)."""
+    """What the shell gathered this pass; None means "not gathered" (not due or not needed).
+
+    `fallback_ready`: the revision a rollback would return to (stable during a canary, the
+    previous one in the rollback window) has a ready pod. When it has none, a rollback would
+    help nobody: the canary is judged on its own and a failure is reported, not rolled back.
+    """
 
     pods: Check | None = None
     metrics: list[Check] | None = None
     gates: list[Check] | None = None
+    hold: Hold | None = None
+    fallback_ready: bool = True
+
+
+SPEC_CAUSE, OPERATOR_CAUSE = "Spec", "Operator"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a new canary may start now. `cause`: Spec when the user changed model or serving,
+    Operator when only the operator's rendering changed (default image, template, credential).
+    `waiting`: set when an Operator-caused rollout must wait for a fleet-wide slot (why)."""
+
+    cause: str = SPEC_CAUSE
+    waiting: str | None = None
 
 
 @dataclass
@@ -67,6 +97,11 @@ class RolloutState:
     events: list[Event] = field(default_factory=list)
     scaled_to_zero: str | None = None  # a rejected canary kept at 0 pods for inspection
     paused: bool = False
+    held: Hold | None = None  # the canary waits for a person to fix something that is not its own
+    canary_cause: str | None = None
+    queued: Hold | None = None  # an operator-caused revision waiting for a rollout slot
+    # A failure that was not rolled back because the fallback has no ready pod: (reason, message).
+    no_fallback: tuple[str, str] | None = None
 
     def status_fields(self) -> dict[str, Any]:
         return {
@@ -74,6 +109,7 @@ class RolloutState:
             "stableVersion": self.stable_version,
             "canaryRevision": self.canary,
             "canaryVersion": self.canary_version if self.canary else None,
+            "canaryCause": self.canary_cause if self.canary else None,
             "currentStep": self.step if self.canary else None,
             "stepStartedAt": self.step_started_at if self.canary else None,
             "analysis": self.analysis,
@@ -160,12 +196,15 @@ def next_state(
     evidence: Evidence,
     now: dt.datetime,
     canary_created: dt.datetime | None = None,
+    admission: Admission | None = None,
 ) -> RolloutState:
     """Decide the rollout state for this pass.
 
     `existing`: revisions that have a Deployment; `canary_created`: when the canary's Deployment
-    was created (the start of its rollout, for progressDeadline and time to detect).
+    was created (the start of its rollout, for progressDeadline and time to detect);
+    `admission`: whether a canary may start now (see `Admission`).
     """
+    admission = admission or Admission()
     status = md.status
     version = md.spec.model.version
     state = RolloutState(
@@ -179,10 +218,13 @@ def next_state(
         history=_dump(list(status.history)),
         stable_version=status.stable_version,
         canary_version=status.canary_version,
+        canary_cause=status.canary_cause.value if status.canary_cause else None,
     )
     # Nothing to roll back to: the first revision (or one whose stable Deployment is gone) goes
-    # straight in; a failure there is reported as Degraded by the planner.
-    if status.stable_revision is None or status.stable_revision not in existing:
+    # straight in; a failure there is reported as Degraded by the planner. So does any revision
+    # of a model scaled to zero on purpose: there are no users to protect and no pod to judge.
+    no_pods_wanted = not md.spec.scaling.autoscaling and md.spec.scaling.fixed_replicas() == 0
+    if status.stable_revision is None or status.stable_revision not in existing or no_pods_wanted:
         state.stable, state.stable_version, state.canary = desired, version, None
         return _with_previous(md, state, existing, now)
 
@@ -202,9 +244,15 @@ def next_state(
         return state
 
     if state.canary != desired:
+        if state.canary is None and admission.waiting is not None:
+            state.queued = Hold("RolloutQueued", admission.waiting)
+            if not _condition_says(md, "Reconciling", "RolloutQueued", admission.waiting):
+                state.events.append(Event("Normal", "RolloutQueued", admission.waiting))
+            return _watch_window(md, _with_previous(md, state, existing, now), evidence, now)
         if state.canary is not None:
             _supersede(md, state, now, f"replaced by revision {desired}")
         state.canary, state.canary_version = desired, version
+        state.canary_cause = admission.cause
         state.step, state.step_started_at = 0, stamp(now)
         state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
         state.previous = None
@@ -338,6 +386,12 @@ def _advance(
         analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
     if not gated_before and _gates_ok(md, analysis):
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
+        analysis["trafficStartedAt"] = stamp(now)
+    elif not needed_gates(md) and not analysis.get("trafficStartedAt"):
+        analysis["trafficStartedAt"] = stamp(now)
+    if not evidence.fallback_ready and not analysis.get("withoutStable"):
+        analysis["withoutStable"] = True
+        state.events.append(Event("Warning", "StableUnavailable", _alone_message(state)))
     verdict = None
     if evidence.metrics is not None:
         verdict = _record(analysis, list(evidence.metrics), now)
@@ -348,10 +402,20 @@ def _advance(
     gates_ok = _gates_ok(md, analysis)
     state.weight = steps[step] if gates_ok else 0
     if failed is not None:
+        if not evidence.fallback_ready:
+            return _fail_without_fallback(md, state, failed)
         if md.spec.rollout.on_failure == FailurePolicy.PAUSE:
             state.failed, state.paused = failed, True
             return state
         return _roll_back(md, state, failed, now, canary_created)
+    if evidence.hold is not None:
+        state.held = evidence.hold
+        if not _condition_says(md, "Stalled", evidence.hold.reason, evidence.hold.message):
+            state.events.append(Event("Warning", evidence.hold.reason, evidence.hold.message))
+        return state
+    pods_ready = evidence.pods is not None and evidence.pods.outcome == CheckOutcome.PASSED
+    if gates_ok and pods_ready and not evidence.fallback_ready:
+        return _promote(md, state, now, canary_created, rolled_forward=True)
     if md.spec.rollout.paused:
         state.paused = True
         return state
@@ -375,21 +439,62 @@ def _advance(
     return state
 
 
+def _alone_message(state: RolloutState) -> str:
+    return (
+        f"stable revision {state.stable} has no ready pod: canary {state.canary} is judged on "
+        "its own (pod health, smoke requests answered, its own metrics) and promoted without "
+        "steps once healthy"
+    )
+
+
+def _condition_says(md: ModelDeployment, kind: str, reason: str, message: str) -> bool:
+    """Whether the last status already carries this condition (so its Event was posted)."""
+    return any(
+        c.type == kind and c.status == "True" and c.reason == reason and c.message == message
+        for c in md.status.conditions
+    )
+
+
+def _fail_without_fallback(md: ModelDeployment, state: RolloutState, failed: Check) -> RolloutState:
+    """The canary failed, but the revision a rollback would return to has no ready pod: keep the
+    canary where it is and say so — a person must fix the model, and a new revision starts at
+    once."""
+    why = failed.message or f"{failed.name} {failed.value} broke {failed.threshold}"
+    message = (
+        f"canary {state.canary} failed {failed.name}: {why}; not rolled back because stable "
+        f"revision {state.stable} has no ready pod. Apply a fixed model to replace the canary."
+    )
+    state.failed, state.paused = replace(failed, message=message), True
+    state.no_fallback = ("NoRollbackTarget", message)
+    if not _condition_says(md, "Degraded", "NoRollbackTarget", message):
+        state.events.append(Event("Warning", "NoRollbackTarget", message))
+    return state
+
+
 def _last_verdict(analysis: dict[str, Any]) -> CheckOutcome | None:
     outcome = analysis.get("outcome")
     return CheckOutcome(outcome) if outcome else None
 
 
 def _promote(
-    md: ModelDeployment, state: RolloutState, now: dt.datetime, started: dt.datetime | None
+    md: ModelDeployment,
+    state: RolloutState,
+    now: dt.datetime,
+    started: dt.datetime | None,
+    rolled_forward: bool = False,
 ) -> RolloutState:
+    """The canary becomes stable. `rolled_forward`: stable had no ready pod, so the canary was
+    promoted on its own checks without walking the steps (and the broken revision is not kept
+    warm to roll back to)."""
     assert state.canary is not None
     old = state.stable
-    entry = _entry(md, state.canary, RolloutOutcome.PROMOTED, now, f"promoted over {old}", started)
+    how = f"promoted over {old}"
+    if rolled_forward:
+        how += f" without steps: {old} had no ready pod"
+    entry = _entry(md, state.canary, RolloutOutcome.PROMOTED, now, how, started)
     state.history = _history(state, entry)
-    state.events.append(
-        Event("Normal", "Promoted", f"revision {state.canary} is stable (was {old})")
-    )
+    reason = "RolledForward" if rolled_forward else "Promoted"
+    state.events.append(Event("Normal", reason, f"revision {state.canary} is stable: {how}"))
     state.stable, state.stable_version = state.canary, state.canary_version
     state.canary, state.analysis, state.step, state.step_started_at, state.weight = (
         None,
@@ -399,8 +504,12 @@ def _promote(
         0,
     )
     window = parse_duration(md.spec.rollout.rollback_window)
-    state.previous = old if window > 0 else None
+    state.previous = old if window > 0 and not rolled_forward else None
     return state
+
+
+def _seconds(now: dt.datetime, since: dt.datetime | None) -> str | None:
+    return f"{(now - since).total_seconds():.0f}s" if since else None
 
 
 def _roll_back(
@@ -409,11 +518,16 @@ def _roll_back(
     failed: Check,
     now: dt.datetime,
     started: dt.datetime | None,
+    traffic_started: dt.datetime | None = None,
 ) -> RolloutState:
-    """Traffic back to stable at once, the canary to zero pods, the revision rejected."""
+    """Traffic back to stable at once, the canary to zero pods, the revision rejected.
+
+    The record times the failure twice: from the canary's first traffic (timeToDetect: how long
+    users were exposed) and from its start (timeSinceStart: how long the rollout took to fail).
+    """
     assert state.canary is not None
     canary = state.canary
-    detect = f"{(now - started).total_seconds():.0f}s" if started else None
+    traffic = parse_time((state.analysis or {}).get("trafficStartedAt")) or traffic_started
     window = md.spec.rollout.analysis.interval if failed.samples is not None else None
     record = {
         "revision": canary,
@@ -423,7 +537,8 @@ def _roll_back(
         "threshold": failed.threshold,
         "samples": failed.samples,
         "window": window,
-        "timeToDetect": detect,
+        "timeToDetect": _seconds(now, traffic),
+        "timeSinceStart": _seconds(now, started),
         "time": stamp(now),
         "message": failed.message or f"{failed.name} {failed.value} broke {failed.threshold}",
     }
@@ -469,6 +584,16 @@ def _watch_window(
         failed = metric_failed
     if failed is None:
         return state
+    if not evidence.fallback_ready:
+        why = failed.message or f"{failed.name} {failed.value} broke {failed.threshold}"
+        message = (
+            f"revision {state.stable} fails {failed.name} ({why}) inside its rollback window, "
+            f"but previous revision {state.previous} has no ready pod to roll back to"
+        )
+        state.no_fallback = ("NoRollbackTarget", message)
+        if not _condition_says(md, "Degraded", "NoRollbackTarget", message):
+            state.events.append(Event("Warning", "NoRollbackTarget", message))
+        return state
     promoted = state.stable
     state.canary, state.canary_version = promoted, state.stable_version
     state.stable, state.stable_version = state.previous, None
@@ -477,7 +602,8 @@ def _watch_window(
             state.stable_version = entry.version
             break
     state.previous = None
-    return _roll_back(md, state, failed, now, promoted_at(md, promoted))
+    since = promoted_at(md, promoted)
+    return _roll_back(md, state, failed, now, since, traffic_started=since)
 
 
 def _reason(check: Check) -> str:

@@ -37,13 +37,15 @@ CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
 MANIFESTS = REPO / "tests" / "manifests"
 
 
-def load(kind: str) -> list[tuple[Path, list[str]]]:
-    """(path, expected fragments) for every manifest under ``kind``."""
+def load(kind: str) -> list[tuple[Path, list[str], list[str]]]:
+    """(path, expected fragments, fragments that must not appear) for every manifest under
+    ``kind``: a rejection must name the field and must not carry a broken rule's own error."""
     cases = []
     for path in sorted((MANIFESTS / kind).glob("*.yaml")):
         lines = path.read_text(encoding="utf-8").splitlines()
         expects = [line.split(":", 1)[1].strip() for line in lines if line.startswith("# expect:")]
-        cases.append((path, expects))
+        absent = [line.split(":", 1)[1].strip() for line in lines if line.startswith("# not:")]
+        cases.append((path, expects, absent))
     return cases
 
 
@@ -98,9 +100,14 @@ def test_crd_is_established_and_structural(cluster: Any, crd: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["server-side", "client-side"])
-@pytest.mark.parametrize(("path", "expects"), INVALID, ids=[p.name for p, _ in INVALID])
+@pytest.mark.parametrize(("path", "expects", "absent"), INVALID, ids=[c[0].name for c in INVALID])
 def test_invalid_manifest_is_rejected_naming_the_field(
-    cluster: Any, corpus_namespace: str, path: Path, expects: list[str], mode: str
+    cluster: Any,
+    corpus_namespace: str,
+    path: Path,
+    expects: list[str],
+    absent: list[str],
+    mode: str,
 ) -> None:
     # kubectl validates strictly by default (--validate=strict): the server, not kubectl, refuses.
     args = ["apply", "-n", corpus_namespace, "-f", str(path)]
@@ -112,6 +119,8 @@ def test_invalid_manifest_is_rejected_naming_the_field(
         assert fragment.lower() in result.stderr.lower(), (
             f"{path.name}: {fragment!r} not in {result.stderr!r}"
         )
+    for fragment in absent:
+        assert fragment.lower() not in result.stderr.lower(), f"{path.name}: {result.stderr!r}"
     name = yaml.safe_load(path.read_text(encoding="utf-8"))["metadata"]["name"]
     assert cluster.kubectl("get", "md", name, "-n", corpus_namespace, check=False).returncode != 0
 
@@ -126,7 +135,7 @@ def without_empty(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("path", [p for p, _ in VALID], ids=[p.name for p, _ in VALID])
+@pytest.mark.parametrize("path", [c[0] for c in VALID], ids=[c[0].name for c in VALID])
 def test_valid_manifest_is_accepted_and_defaulted_like_the_models(
     cluster: Any, corpus_namespace: str, path: Path
 ) -> None:

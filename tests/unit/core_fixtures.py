@@ -46,3 +46,13 @@ def observed_deployment(
         "readyReplicas": ready,
     }
     return out
+
+
+def deployment_of(md: ModelDeployment, revision: str, image: str, replicas: int | None) -> dict:
+    """A revision's Deployment exactly as the planner builds it (with the spec digest)."""
+    from modeldeploy.children import build_deployment
+    from modeldeploy.revision import SPEC_DIGEST, spec_digest
+
+    return build_deployment(
+        md, revision, image, replicas, annotations={SPEC_DIGEST: spec_digest(md.spec)}
+    )

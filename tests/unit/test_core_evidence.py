@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from modeldeploy.evidence import PodSample, _delta, forget_gone_pods, parse_pod_metrics
+import threading
+
+from modeldeploy.evidence import PodSample, Snapshots, _delta, forget_gone_pods, parse_pod_metrics
 from modeldeploy.observed import Observed
 
 TEXT = """
@@ -47,7 +49,39 @@ def test_scrapes_of_deleted_pods_are_forgotten():
             "labels": {"modeldeploy.io/name": "fraud"},
         }
     }
-    snapshots = {("ml", "fraud", "fraud-a"): PodSample(), ("ml", "fraud", "fraud-gone"): PodSample(),
-                 ("ml", "other", "other-x"): PodSample()}  # fmt: skip
+    snapshots = Snapshots()
+    for key in (
+        ("ml", "fraud", "fraud-a"),
+        ("ml", "fraud", "fraud-gone"),
+        ("ml", "other", "other-x"),
+    ):
+        snapshots.swap(key, PodSample())
     forget_gone_pods(snapshots, Observed(pods=[pod]))
-    assert set(snapshots) == {("ml", "fraud", "fraud-a"), ("ml", "other", "other-x")}
+    assert snapshots.keys() == {("ml", "fraud", "fraud-a"), ("ml", "other", "other-x")}
+
+
+def test_forgetting_while_other_passes_record_scrapes_never_fails_a_pass():
+    """Passes of different ModelDeployments run on different threads and share the snapshots;
+    with a plain dict, "dictionary changed size during iteration" failed the forgetting pass."""
+    snapshots, stop, errors = Snapshots(), threading.Event(), []
+
+    def record_scrapes() -> None:
+        i = 0
+        while not stop.is_set():
+            snapshots.swap(("ml", "other", f"pod-{i}"), PodSample())
+            i += 1
+            if i % 1000 == 0:
+                snapshots.forget("ml", "other")
+
+    writer = threading.Thread(target=record_scrapes)
+    writer.start()
+    pod = {"metadata": {"namespace": "ml", "name": "a", "labels": {"modeldeploy.io/name": "fraud"}}}
+    try:
+        for _ in range(20000):
+            forget_gone_pods(snapshots, Observed(pods=[pod]))
+    except RuntimeError as error:
+        errors.append(error)
+    finally:
+        stop.set()
+        writer.join()
+    assert errors == []

@@ -73,13 +73,25 @@ def pod(ready=True, waiting=None, restarts=0, last=None):
         ([pod(ready=False, waiting="CrashLoopBackOff", restarts=3)], 5, "podsHealthy", "Failed"),
         ([pod(ready=False, waiting="ImagePullBackOff")], 5, "podsHealthy", "Failed"),
         ([pod(restarts=1, last="OOMKilled")], 5, "podsHealthy", "Failed"),
-        ([pod(restarts=2)], 5, "podsHealthy", "Failed"),
+        ([pod(restarts=1)], 5, "podsReady", "Passed"),
+        ([pod(restarts=2)], 5, "podsReady", "Passed"),
+        ([pod(restarts=3)], 5, "podsHealthy", "Failed"),
     ],
 )
 def test_judge_pods(pods, waited, name, outcome):
     check = judge_pods(pods, T0, T0 + dt.timedelta(seconds=waited), "300s")
     assert (check.name, check.outcome.value) == (name, outcome)
     assert check.hard == (outcome == "Failed")
+
+
+def test_restarts_fail_only_above_max_restarts():
+    strict = judge_pods([pod(restarts=1)], T0, T0, "300s", max_restarts=0)
+    assert (strict.outcome.value, strict.value, strict.threshold) == (
+        "Failed",
+        "1 restarts",
+        "<= 0 restarts",
+    )
+    assert judge_pods([pod(restarts=5)], T0, T0, "300s", max_restarts=5).outcome.value == "Passed"
 
 
 def meta(shape):

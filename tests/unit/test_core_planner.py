@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from core_fixtures import make_md, observed_deployment
-from modeldeploy.children import build_deployment, build_hpa, build_service
+from core_fixtures import deployment_of, make_md, observed_deployment
+from modeldeploy.children import build_hpa, build_service
 from modeldeploy.config import OperatorConfig
 from modeldeploy.naming import REVISION
 from modeldeploy.observed import Observed
@@ -19,7 +19,7 @@ V8 = {"model": {"uri": "s3://models/fraud/v8/model.joblib", "version": "v8"}}
 
 
 def rev(md) -> str:
-    return revision_of(md.spec, "img:1")
+    return revision_of(md, "img:1")
 
 
 def pinned_service(md, revision: str) -> dict:
@@ -53,7 +53,7 @@ def test_rolled_out_children_make_no_writes_and_report_ready():
     md = make_md({"scaling": {"replicas": 2}})
     r = rev(md)
     observed = Observed(
-        deployments=[observed_deployment(build_deployment(md, r, "img:1", 2))],
+        deployments=[observed_deployment(deployment_of(md, r, "img:1", 2))],
         services=[pinned_service(md, r)],
     )
     result = plan(md, observed, NOW, CONFIG)
@@ -71,7 +71,7 @@ def test_model_change_starts_a_canary_beside_the_stable_revision():
         {"scaling": {"replicas": 2}, **V8}, status={"stableRevision": old, "phase": "Ready"}
     )
     observed = Observed(
-        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 2))],
+        deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2))],
         services=[pinned_service(old_md, old)],
     )
     result = plan(md, observed, NOW, CONFIG)
@@ -108,8 +108,8 @@ def test_canary_at_a_middle_step_unpins_the_service():
     )
     observed = Observed(
         deployments=[
-            observed_deployment(build_deployment(old_md, old, "img:1", 4)),
-            observed_deployment(build_deployment(md, new, "img:1", 1)),
+            observed_deployment(deployment_of(old_md, old, "img:1", 4)),
+            observed_deployment(deployment_of(md, new, "img:1", 1)),
         ],
         services=[pinned_service(old_md, old)],
     )
@@ -125,7 +125,7 @@ def test_canary_at_a_middle_step_unpins_the_service():
 def test_first_deploy_past_its_progress_deadline_is_degraded_and_stalled():
     md = make_md()
     r = rev(md)
-    stuck = observed_deployment(build_deployment(md, r, "img:1", 1), ready=0)
+    stuck = observed_deployment(deployment_of(md, r, "img:1", 1), ready=0)
     stuck["status"]["conditions"] = [
         {
             "type": "Progressing",
@@ -150,7 +150,7 @@ def test_autoscaling_adds_an_hpa_and_dropping_it_deletes_the_hpa():
     fixed = make_md({"scaling": {"replicas": 2}})
     hpa = build_hpa(md, f"fraud-{r}")
     observed = Observed(
-        deployments=[observed_deployment(build_deployment(fixed, r, "img:1", 2))],
+        deployments=[observed_deployment(deployment_of(fixed, r, "img:1", 2))],
         services=[pinned_service(fixed, r)],
         hpas=[hpa] if hpa else [],
     )
@@ -164,7 +164,7 @@ def test_status_is_stable_across_passes():
     md = make_md()
     r = rev(md)
     observed = Observed(
-        deployments=[observed_deployment(build_deployment(md, r, "img:1", 1))],
+        deployments=[observed_deployment(deployment_of(md, r, "img:1", 1))],
         services=[pinned_service(md, r)],
     )
     first = plan(md, observed, NOW, CONFIG)
@@ -189,7 +189,7 @@ def test_canary_is_sized_from_the_hpa_s_choice_and_the_hpa_keeps_the_stable_repl
     scaling = {"minReplicas": 2, "maxReplicas": 10}
     old_md = make_md({"scaling": scaling})
     old = rev(old_md)
-    stable = observed_deployment(build_deployment(old_md, old, "img:1", 6))
+    stable = observed_deployment(deployment_of(old_md, old, "img:1", 6))
     stable["metadata"]["managedFields"] = [
         {"manager": "kube-controller-manager", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
     ]
@@ -215,9 +215,7 @@ def test_gateway_router_writes_exact_weights_on_an_http_route():
     spec = {"scaling": {"replicas": 10}, "traffic": traffic, "rollout": {"steps": [10, 100]}, **V8}
     new = rev(make_md(spec))
     md = canary_md(spec, old, new, 0)
-    observed = Observed(
-        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 10))]
-    )
+    observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 10))])
     result = plan(md, observed, NOW, CONFIG)
     route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
     assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]] == [
@@ -238,9 +236,7 @@ def test_a_weight_the_replicas_cannot_realise_is_reported():
     old = rev(old_md)
     spec = {"scaling": {"replicas": 1}, "rollout": {"steps": [10, 100]}, **V8}
     new = rev(make_md(spec))
-    observed = Observed(
-        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 1))]
-    )
+    observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 1))])
     result = plan(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
     split = {c["type"]: c for c in result.status["conditions"]}["TrafficSplitExact"]
     assert split["status"] == "False" and split["reason"] == "TooFewReplicas"
@@ -260,7 +256,5 @@ def test_a_canary_comes_back_when_its_next_analysis_is_due():
     status = md.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     status["analysis"]["lastRunAt"] = "2026-11-27T11:59:48Z"  # 12 s before NOW
     md = make_md(spec, status=status)
-    observed = Observed(
-        deployments=[observed_deployment(build_deployment(old_md, old, "img:1", 2))]
-    )
+    observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2))])
     assert plan(md, observed, NOW, CONFIG).requeue_after == pytest.approx(18)

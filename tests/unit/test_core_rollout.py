@@ -8,7 +8,7 @@ import pytest
 from core_fixtures import make_md
 from modeldeploy.api import CheckOutcome
 from modeldeploy.judge import Check
-from modeldeploy.rollout import Evidence, next_state, stamp
+from modeldeploy.rollout import OPERATOR_CAUSE, Admission, Evidence, Hold, next_state, stamp
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 ROLLOUT = {
@@ -99,7 +99,7 @@ def test_one_failed_interval_below_the_threshold_does_not_roll_back():
 
 
 def test_failure_threshold_consecutive_failures_roll_back_with_a_record():
-    status = canary_status(consecutiveFailures=1)
+    status = canary_status(consecutiveFailures=1, trafficStartedAt=stamp(at(5)))
     state = state_for(status, Evidence(pods=READY, metrics=FAIL), at(20))
     assert (state.stable, state.canary, state.weight) == ("stable1", None, 0)
     record = state.last_rollback
@@ -109,8 +109,9 @@ def test_failure_threshold_consecutive_failures_roll_back_with_a_record():
         "5%",
     )
     assert (
-        record["samples"] == 100 and record["window"] == "10s" and record["timeToDetect"] == "20s"
+        record["samples"] == 100 and record["window"] == "10s" and record["timeToDetect"] == "15s"
     )
+    assert record["timeSinceStart"] == "20s", "from the canary's creation, not its first traffic"
     assert (
         state.rejected[0]["revision"] == "canary1"
         and state.rejected[0]["reason"] == "ErrorRateTooHigh"
@@ -209,3 +210,96 @@ def test_a_failure_in_the_rollback_window_restores_the_previous_revision(window_
         assert state.stable == "stable1" and state.last_rollback["revision"] == "canary1"
     else:
         assert state.stable == "canary1" and state.previous is None
+
+
+# --- configurations users have (issue: holds, outages, restarts, operator-caused rollouts) ------
+
+UNREACHABLE = Hold("PodsUnreachable", "cannot reach pod c-1 at http://10.0.0.9:8080: refused")
+
+
+def test_a_held_canary_neither_advances_nor_fails_and_says_why_once():
+    status = canary_status(started=0)
+    state = state_for(status, Evidence(pods=READY, hold=UNREACHABLE), at(600))
+    assert (state.canary, state.step, state.weight) == ("canary1", 0, 10), "no step, no rollback"
+    assert state.held == UNREACHABLE
+    assert [e.reason for e in state.events] == ["PodsUnreachable"]
+    # The next pass finds the hold already in status: no second Event.
+    status["conditions"] = [{"type": "Stalled", "status": "True", "reason": UNREACHABLE.reason,
+                             "message": UNREACHABLE.message, "lastTransitionTime": stamp(at(600))}]  # fmt: skip
+    again = state_for(status, Evidence(pods=READY, hold=UNREACHABLE), at(610))
+    assert again.held == UNREACHABLE and again.events == []
+
+
+def test_a_hold_does_not_shield_a_crash_loop():
+    crash = Check("podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", hard=True)
+    state = state_for(canary_status(), Evidence(pods=crash, hold=UNREACHABLE), at(5))
+    assert state.canary is None and state.last_rollback["check"] == "podsHealthy"
+
+
+def test_with_no_ready_stable_pod_a_healthy_canary_is_promoted_without_steps():
+    status = canary_status(gates=False)
+    evidence = Evidence(pods=READY, gates=GATES_OK, fallback_ready=False)
+    state = state_for(status, evidence, at(3))
+    assert (state.stable, state.canary, state.previous) == ("canary1", None, None)
+    assert [e.reason for e in state.events] == ["StableUnavailable", "RolledForward"]
+    assert "without steps" in state.history[0]["message"]
+
+
+def test_with_no_ready_stable_pod_a_canary_waits_for_its_own_pods():
+    waiting = Check("podsReady", CheckOutcome.INCONCLUSIVE, "0/1")
+    state = state_for(
+        canary_status(gates=False), Evidence(pods=waiting, fallback_ready=False), at(3)
+    )
+    assert state.canary == "canary1" and state.stable == "stable1"
+    assert state.analysis["withoutStable"] is True
+
+
+def test_a_failing_canary_is_not_rolled_back_to_a_stable_with_no_ready_pod():
+    crash = Check("podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", hard=True)
+    state = state_for(canary_status(), Evidence(pods=crash, fallback_ready=False), at(5))
+    assert (state.stable, state.canary) == ("stable1", "canary1"), "no rollback, no rejection"
+    assert state.rejected == [] and state.last_rollback is None
+    assert (
+        state.no_fallback is not None
+        and "stable revision stable1 has no ready pod" in state.no_fallback[1]
+    )
+    assert "NoRollbackTarget" in [e.reason for e in state.events]
+
+
+def test_the_rollback_window_does_not_return_to_a_previous_revision_with_no_ready_pod():
+    md = make_md(
+        {"rollout": {**ROLLOUT, "rollbackWindow": "10m"}},
+        status={"stableRevision": "canary1", "history": [
+            {"revision": "canary1", "outcome": "Promoted", "finishedAt": stamp(at(0))}]},
+    )  # fmt: skip
+    crash = Check("podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", hard=True)
+    state = next_state(
+        md, "canary1", {"stable1", "canary1"}, Evidence(pods=crash, fallback_ready=False), at(60)
+    )
+    assert (state.stable, state.canary) == ("canary1", None)
+    assert state.no_fallback is not None and state.last_rollback is None
+
+
+def test_an_operator_caused_revision_waits_for_a_slot_and_says_why():
+    md = make_md({"rollout": ROLLOUT}, status={"stableRevision": "stable1"})
+    admission = Admission(OPERATOR_CAUSE, waiting="waits for a rollout slot: 10 of 10 in use")
+    state = next_state(md, "canary1", {"stable1"}, Evidence(), T0, T0, admission)
+    assert state.canary is None and state.queued is not None
+    assert [e.reason for e in state.events] == ["RolloutQueued"]
+    started = next_state(md, "canary1", {"stable1"}, Evidence(), T0, T0, Admission(OPERATOR_CAUSE))
+    assert started.canary == "canary1" and started.status_fields()["canaryCause"] == "Operator"
+
+
+def test_a_running_canary_is_never_queued():
+    admission = Admission(OPERATOR_CAUSE, waiting="no slot")
+    md = make_md({"rollout": ROLLOUT}, status=canary_status())
+    state = next_state(md, "canary2", {"stable1", "canary1"}, Evidence(), T0, T0, admission)
+    assert state.canary == "canary2", "a newer revision replaces the running canary at once"
+
+
+def test_a_model_scaled_to_zero_takes_a_new_revision_without_a_canary():
+    md = make_md(
+        {"rollout": ROLLOUT, "scaling": {"replicas": 0}}, status={"stableRevision": "stable1"}
+    )
+    state = next_state(md, "canary1", {"stable1"}, Evidence(), T0)
+    assert (state.stable, state.canary) == ("canary1", None)

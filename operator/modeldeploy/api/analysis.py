@@ -151,6 +151,16 @@ class Analysis(ApiModel):
             "so low traffic cannot stall a rollout forever."
         ),
     )
+    max_restarts: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description=(
+            "Container restarts a canary pod may have before the canary fails; one liveness "
+            "restart or a node hiccup is not a failed release. CrashLoopBackOff, OOMKilled, "
+            "image pull and container config errors fail the canary at once regardless."
+        ),
+    )
     max_error_rate: float = Field(
         default=0.05,
         ge=0,

@@ -39,9 +39,11 @@ Steps = Annotated[
             check=_strictly_increasing,
         ),
         Rule(
-            cel="self[self.size() - 1] == 100",
+            # Guarded: an empty list is refused by minItems, and must not also raise an index
+            # error from this rule.
+            cel="self.size() == 0 || self[self.size() - 1] == 100",
             message="the last step must be 100 (all traffic on the canary before promotion)",
-            check=lambda steps: steps[-1] == 100,
+            check=lambda steps: not steps or steps[-1] == 100,
         ),
     ),
 ]

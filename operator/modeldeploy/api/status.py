@@ -113,6 +113,17 @@ class AnalysisStatus(StatusModel):
 
     last_run_at: AwareDatetime | None = Field(default=None, description="When the checks last ran.")
     outcome: CheckOutcome | None = Field(default=None, description="Overall verdict of that run.")
+    traffic_started_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the canary first got traffic (its model gates passed).",
+    )
+    without_stable: bool | None = Field(
+        default=None,
+        description=(
+            "True when stable had no ready pod: the canary is judged on its own and promoted "
+            "without steps once healthy."
+        ),
+    )
     consecutive_failures: int = Field(default=0, ge=0, description="Failed runs in a row.")
     consecutive_inconclusive: int = Field(
         default=0, ge=0, description="Inconclusive runs in a row."
@@ -136,7 +147,14 @@ class RollbackRecord(StatusModel):
     window: ShortText | None = Field(default=None, description="Measurement window, e.g. 30s.")
     time_to_detect: ShortText | None = Field(
         default=None,
-        description="From the canary getting traffic to the failure verdict, e.g. 42s.",
+        description=(
+            "From the canary's first traffic to the failure verdict, e.g. 42s. Unset when it "
+            "failed before getting any traffic (a crash loop, a failed model gate)."
+        ),
+    )
+    time_since_start: ShortText | None = Field(
+        default=None,
+        description="From the canary's start (its Deployment's creation) to the failure verdict.",
     )
     time: AwareDatetime = Field(description="When the rollback started.")
     message: Message | None = Field(default=None, description="Human-readable summary.")
@@ -152,6 +170,13 @@ class RejectedRevision(StatusModel):
     )
     rejected_at: AwareDatetime = Field(description="When it was rejected.")
     reason: CamelReason | None = Field(default=None, description="Why, e.g. ErrorRateTooHigh.")
+
+
+class CanaryCause(StrEnum):
+    """Why the canary exists."""
+
+    SPEC = "Spec"
+    OPERATOR = "Operator"
 
 
 class RolloutOutcome(StrEnum):
@@ -198,6 +223,14 @@ class ModelDeploymentStatus(StatusModel):
     canary_revision: Revision | None = Field(default=None, description="Revision being rolled out.")
     canary_version: Annotated[str, Field(max_length=63)] | None = Field(
         default=None, description="model.version of the canary revision."
+    )
+    canary_cause: CanaryCause | None = Field(
+        default=None,
+        description=(
+            "Spec: the user changed model or serving. Operator: only what the operator renders "
+            "changed (default image, pod template, credential); such rollouts take a fleet-wide "
+            "slot (MODELDEPLOY_MAX_CONCURRENT_ROLLOUTS)."
+        ),
     )
     desired_weight: int | None = Field(
         default=None, ge=0, le=100, description="Canary traffic percent the current step asks for."

@@ -84,7 +84,8 @@ class DurationRange(Rules):
 # [!-~] is every printable ASCII character except space: URIs must be percent-encoded.
 MODEL_URI_PATTERN = (
     "^(file:///[!-~]+"
-    "|https?://[!-~]+"
+    # A host is required: https:///model.joblib has none and would fail only at pod start.
+    "|https?://[a-zA-Z0-9][!-~]*"
     "|(s3|gs)://[a-z0-9][-a-z0-9._]*[a-z0-9]/[!-~]+"
     "|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[!-~]+)$"
 )
