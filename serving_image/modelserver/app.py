@@ -56,6 +56,8 @@ class Route:
     model: str | None = None  # the model name in the path, if any
     version: str | None = None
     open: bool = False  # answered without auth
+    # the operator's token is accepted: the read-only and gate endpoints its checks call
+    operator: bool = False
 
 
 class App:
@@ -148,13 +150,13 @@ class App:
     def route(self, method: str, path: str) -> Route:
         s = self.settings
         if path == "/v2/health/live":
-            return Route(m.ENDPOINT_LIVE, "GET", open=not s.auth_protect_health)
+            return Route(m.ENDPOINT_LIVE, "GET", open=not s.auth_protect_health, operator=True)
         if path == "/v2/health/ready":
-            return Route(m.ENDPOINT_READY, "GET", open=not s.auth_protect_health)
+            return Route(m.ENDPOINT_READY, "GET", open=not s.auth_protect_health, operator=True)
         if path == "/metrics":
-            return Route(m.ENDPOINT_METRICS, "GET", open=not s.auth_protect_metrics)
+            return Route(m.ENDPOINT_METRICS, "GET", open=not s.auth_protect_metrics, operator=True)
         if path in ("/v2", "/v2/"):
-            return Route(m.ENDPOINT_SERVER_METADATA, "GET")
+            return Route(m.ENDPOINT_SERVER_METADATA, "GET", operator=True)
         if path.startswith("/v2/models/"):
             name, *rest = path[len("/v2/models/") :].split("/")
             version = None
@@ -163,9 +165,9 @@ class App:
             tail = "/".join(rest)
             endpoint = {"": m.ENDPOINT_MODEL_METADATA, "ready": m.ENDPOINT_MODEL_READY}.get(tail)
             if endpoint is not None:
-                return Route(endpoint, "GET", name, version)
+                return Route(endpoint, "GET", name, version, operator=True)
             if tail == "infer":
-                return Route(m.ENDPOINT_INFER, "POST", name, version)
+                return Route(m.ENDPOINT_INFER, "POST", name, version, operator=True)
         elif path.startswith("/v1/models/"):
             v1_name = path[len("/v1/models/") :]
             if v1_name.endswith(":predict"):
@@ -228,14 +230,20 @@ class App:
             headers = ((b"www-authenticate", b'Bearer realm="modelserver"'),)
         return Response(exc.status, protocol.dumps({"error": exc.message}), headers=headers)
 
-    def _denied(self, scope: Scope) -> bool:
+    def _denied(self, scope: Scope, operator: bool = False) -> bool:
+        """Whether auth is on and the request carries no token good for this route.
+
+        The user's token is good everywhere; the operator's only where ``operator`` says so.
+        """
         if self.tokens is None:
             return False
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        return not self.tokens.check(auth)
+        if self.tokens.check(auth):
+            return False
+        return not (operator and self.tokens.check_operator(auth))
 
     async def _handle(self, route: Route, scope: Scope, receive: Receive) -> Response:
-        if not route.open and self._denied(scope):
+        if not route.open and self._denied(scope, route.operator):
             raise RequestError(401, "missing or invalid bearer token")
         if scope["method"] != route.method:
             allow = ((b"allow", route.method.encode()),)

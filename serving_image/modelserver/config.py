@@ -112,6 +112,13 @@ class Settings:
     auth_protect_metrics: bool = field(
         default=False, metadata=_opt("Require the token on /metrics too.")
     )
+    operator_token_sha256: str | None = field(
+        default=None,
+        metadata=_opt(
+            "Hex SHA-256 of the operator's token. With auth on, that token is also accepted on "
+            "health, metrics, server and model metadata, model readiness and v2 infer."
+        ),
+    )
     fail_fast: bool = field(
         default=False, metadata=_opt("Exit non-zero when the model cannot be loaded.")
     )
@@ -223,6 +230,12 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return settings
 
 
+def is_sha256_hex(value: str) -> bool:
+    """Whether ``value`` (surrounding space ignored, any case) is a hex SHA-256 digest."""
+    digest = value.strip().lower()
+    return len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+
+
 def _where(name: str) -> str:
     return f"{flag_name(name)} ({env_name(name)})"
 
@@ -242,10 +255,13 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"{_where('model_class')} must be 'package.module:ClassName'")
     elif not s.model_uri:
         raise ConfigError(f"{_where('model_uri')} is required for --format {s.format}")
-    if s.model_sha256 is not None:
-        digest = s.model_sha256.strip().lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ConfigError(f"{_where('model_sha256')} must be 64 hexadecimal characters")
+    for name in ("model_sha256", "operator_token_sha256"):
+        digest = getattr(s, name)
+        if digest is not None and not is_sha256_hex(digest):
+            raise ConfigError(
+                f"{_where(name)} must be 64 hexadecimal characters (a SHA-256 digest), "
+                f"got {len(digest.strip())} characters"
+            )
     positive = ("port", "workers", "inference_threads", "max_batch_size", "max_request_bytes")
     for name in (*positive, "max_request_rows", "drift_window"):
         if getattr(s, name) < 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from servingkit import v2_body
 
 TOKEN = "s3cr3t-token-value"
@@ -62,3 +64,76 @@ def test_unreadable_token_file_is_a_configuration_error(start_server, models, tm
     )
     assert server.proc.wait(60) == 2
     assert "--auth-token-file" in server.log() and "cannot be read" in server.log()
+
+
+# --- the operator's credential ------------------------------------------------------------------
+OPERATOR_TOKEN = "operator-token-value"
+OPERATOR_SHA256 = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+USER = {"Authorization": f"Bearer {TOKEN}"}
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+# the paths the operator's gates and scrapes call: its token is accepted on each
+OPERATOR_GETS = [
+    "/v2/health/live", "/v2/health/ready", "/metrics", "/v2",
+    "/v2/models/model", "/v2/models/model/versions/1",
+    "/v2/models/model/ready", "/v2/models/model/versions/1/ready",
+]  # fmt: skip
+OPERATOR_INFERS = ["/v2/models/model/infer", "/v2/models/model/versions/1/infer"]
+
+
+def _protected_server(start_server, models, env):  # type: ignore[no-untyped-def]
+    """Auth on everywhere (health and metrics too), so every 200 below is the token's doing."""
+    server = start_server("--model-uri", str(models.lr), "--auth-protect-health",
+                          "--auth-protect-metrics", env={"MODELSERVER_AUTH_TOKEN": TOKEN, **env})  # fmt: skip
+    server.wait_for(lambda r: r.status == 200, "/v2/health/ready", headers=USER)
+    return server
+
+
+def test_operator_token_is_accepted_on_gate_endpoints_only(start_server, models) -> None:  # type: ignore[no-untyped-def]
+    server = _protected_server(
+        start_server, models, {"MODELSERVER_OPERATOR_TOKEN_SHA256": OPERATOR_SHA256}
+    )
+    body = v2_body(models.x[:1].tolist())
+    for path in OPERATOR_GETS:
+        assert server.get(path).status == 401, path
+        assert server.get(path, headers=OPERATOR).status == 200, path
+        assert server.get(path, headers=USER).status == 200, path
+    for path in OPERATOR_INFERS:
+        reply = server.post(path, body, headers=OPERATOR)
+        assert reply.status == 200, (path, reply.body)
+        assert reply.json()["outputs"][0]["name"] == "predict"
+        assert server.post(path, body, headers=USER).status == 200, path
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        {"Authorization": f"Bearer {OPERATOR_SHA256}"},  # the digest is not the token
+                        {"Authorization": OPERATOR_TOKEN}, {"Authorization": "Bearer "}):  # fmt: skip
+            reply = server.post(path, body, headers=headers)
+            assert reply.status == 401, (path, headers)
+            assert "bearer token" in reply.json()["error"]
+    # KServe v1 is the user's API, not a gate: the operator's token does not open it
+    v1 = {"instances": models.x[:1].tolist()}
+    assert server.post("/v1/models/model:predict", v1, headers=OPERATOR).status == 401
+    assert server.post("/v1/models/model:predict", v1, headers=USER).status == 200
+    assert server.get("/v1/models/model", headers=OPERATOR).status == 401
+    # nor does it reveal which other paths exist
+    assert server.get("/admin", headers=OPERATOR).status == 401
+
+
+def test_without_the_setting_the_operator_token_is_a_wrong_token(start_server, models) -> None:  # type: ignore[no-untyped-def]
+    server = _protected_server(start_server, models, {})
+    body = v2_body(models.x[:1].tolist())
+    for path in OPERATOR_GETS:
+        assert server.get(path, headers=OPERATOR).status == 401, path
+    for path in OPERATOR_INFERS:
+        assert server.post(path, body, headers=OPERATOR).status == 401, path
+        assert server.post(path, body, headers=USER).status == 200, path
+
+
+def test_operator_digest_that_is_not_64_hex_characters_is_a_configuration_error(
+    start_server, models
+) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--model-uri", str(models.lr),
+                          env={"MODELSERVER_AUTH_TOKEN": TOKEN,
+                               "MODELSERVER_OPERATOR_TOKEN_SHA256": OPERATOR_TOKEN})  # fmt: skip
+    assert server.proc.wait(60) == 2
+    assert "MODELSERVER_OPERATOR_TOKEN_SHA256" in server.log()
+    assert "64 hexadecimal characters" in server.log()

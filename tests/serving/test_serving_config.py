@@ -44,6 +44,16 @@ def test_every_field_has_a_flag_except_the_secret() -> None:
         assert (f.name in flags) == (f.name != "auth_token"), f.name
 
 
+def test_operator_digest_from_env_or_flag() -> None:
+    digest = "AB" * 32
+    s = load_settings(
+        [], {"MODELSERVER_MODEL_URI": "/m", "MODELSERVER_OPERATOR_TOKEN_SHA256": digest}
+    )
+    assert s.operator_token_sha256 == digest
+    s = load_settings(["--model-uri", "/m", "--operator-token-sha256", "0" * 64], {})
+    assert s.operator_token_sha256 == "0" * 64
+
+
 def test_env_round_trip() -> None:
     s = load_settings(["--model-uri", "/m", "--workers", "2", "--no-fast-path"], {})
     assert load_settings([], s.env()) == s
@@ -73,6 +83,16 @@ def test_env_round_trip() -> None:
             "--model-class (MODELSERVER_MODEL_CLASS) must be 'package.module:ClassName'",
         ),
         (["--model-uri", "/m", "--model-sha256", "abc"], {}, "must be 64 hexadecimal characters"),
+        (
+            [],
+            {"MODELSERVER_MODEL_URI": "/m", "MODELSERVER_OPERATOR_TOKEN_SHA256": "the-token"},
+            "--operator-token-sha256 (MODELSERVER_OPERATOR_TOKEN_SHA256) must be 64 hexadecimal",
+        ),
+        (
+            ["--model-uri", "/m", "--operator-token-sha256", "g" * 64],
+            {},
+            "(MODELSERVER_OPERATOR_TOKEN_SHA256) must be 64 hexadecimal characters",
+        ),
         (
             ["--model-uri", "/m", "--max-batch-size", "0"],
             {},
