@@ -35,6 +35,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = b"application/json"
 _DRIFT_REFRESH_SECONDS = 5.0
+# Scope key: how far the app read the request body (absent: not at all, False: part, True: all).
+_BODY_READ = "modelserver.body_read"
+# A refused request's unread body is read and dropped up to this size before the answer is
+# completed (see ``_answer_then_drain``); a bigger one is not worth reading: the connection is
+# just closed.
+DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -209,20 +215,47 @@ class App:
             except Exception as exc:
                 log.exception("unhandled error on %s %s", scope["method"], scope["path"])
                 response = _json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+            unread = _unread_body(scope) if response.status >= 400 else 0
             headers = [
                 (b"content-type", response.content_type),
                 (b"content-length", str(len(response.body)).encode()),
                 *response.headers,
             ]
+            if unread != 0:
+                headers.append((b"connection", b"close"))
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": response.body})
+            if unread == 0:
+                await send({"type": "http.response.body", "body": response.body})
+            else:
+                await self._answer_then_drain(response, unread, receive, send)
         finally:
             self.metrics.inflight_child.dec()
         self.metrics.observe_request(
             model_label, endpoint, response.status, time.perf_counter() - start
         )
+
+    async def _answer_then_drain(
+        self, response: Response, unread: int | None, receive: Receive, send: Send
+    ) -> None:
+        """Send a refusal's body, read and drop what is left of the request, then finish.
+
+        Most clients send the whole request body before they read the answer. Closing the
+        connection with their data unread makes the kernel reset it, and the reset throws away
+        the answer already sent: the client sees "connection reset" instead of, say, the 413
+        that says why. So the rest of the body is read (up to ``DRAIN_LIMIT_BYTES``) before the
+        response is completed and the connection closed.
+        """
+        await send({"type": "http.response.body", "body": response.body, "more_body": True})
+        if unread is None or unread <= DRAIN_LIMIT_BYTES:
+            dropped = 0
+            while dropped <= DRAIN_LIMIT_BYTES:
+                message = await receive()
+                dropped += len(message.get("body", b""))
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    break
+        await send({"type": "http.response.body", "body": b""})
 
     def _error(self, exc: RequestError) -> Response:
         headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -305,7 +338,7 @@ class App:
         batcher = model.batcher
         batcher.incoming += 1
         try:
-            body = await self._read_body(receive, limit)
+            body = await self._read_body(scope, receive, limit)
             parse = protocol.parse_v2 if route.endpoint == m.ENDPOINT_INFER else protocol.parse_v1
             request = parse(body, model.contract)
         finally:
@@ -321,18 +354,25 @@ class App:
             body = protocol.encode_v1(outputs, self.settings.output_list[0])
         return Response(200, body)
 
-    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The whole request body; 413 as soon as it grows over ``limit``.
+
+        Records in the scope how far it read, so that a refusal drains the rest (``_http``).
+        """
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body", False):
+            scope[_BODY_READ] = True
             if message["type"] == "http.disconnect":
                 raise RequestError(400, "client disconnected before sending the body")
             return body
+        scope[_BODY_READ] = False
         chunks = [body]
         size = len(body)
         while message.get("more_body", False):
             message = await receive()
             if message["type"] == "http.disconnect":
+                scope[_BODY_READ] = True
                 raise RequestError(400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
             size += len(chunk)
@@ -342,4 +382,29 @@ class App:
                     "(MODELSERVER_MAX_REQUEST_BYTES)"
                 )  # fmt: skip
             chunks.append(chunk)
+        scope[_BODY_READ] = True
         return b"".join(chunks)
+
+
+def _unread_body(scope: Scope) -> int | None:
+    """Bytes of request body the client sends that the app has not read: 0 for none, None when
+    unknown (chunked, or partly read).
+
+    A client that asked ``Expect: 100-continue`` sends no body unless the app reads it first.
+    """
+    read = scope.get(_BODY_READ)
+    if read is True:
+        return 0
+    length, chunked, expect = 0, False, False
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = int(value) if value.isdigit() else 0
+        elif key == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif key == b"expect":
+            expect = value.lower() == b"100-continue"
+    if read is None and expect:
+        return 0
+    if chunked or (read is False and length):
+        return None
+    return length

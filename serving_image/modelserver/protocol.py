@@ -107,18 +107,54 @@ def _type_name(v: Any) -> str:
     return names.get(type(v), type(v).__name__)
 
 
+def may_hold_booleans(body: bytes) -> bool:
+    """Whether a JSON body can contain true/false at all: a C-speed scan that spares the common
+    body without them the per-element search in ``_reject_booleans``."""
+    return b"true" in body or b"false" in body
+
+
+def _reject_booleans(data: list[Any], datatype: str, where: str) -> None:
+    """JSON true/false in numeric data is a client bug, not 1.0/0.0.
+
+    numpy would silently turn a boolean mixed with numbers into 1 or 0, so the data is searched
+    element by element; callers do it only when the body spells true or false somewhere.
+    """
+    for i, v in enumerate(_flatten(data)):
+        if v is True or v is False:
+            raise bad_request(
+                f"{where}[{i}] is {'true' if v else 'false'}, a boolean: datatype {datatype} "
+                "needs numbers (booleans are only valid for datatype BOOL)"
+            )
+
+
+def _check_parameters(doc: Mapping[str, Any], where: str) -> None:
+    """The protocol's ``parameters`` are a name-to-value object; null counts as absent."""
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise bad_request(f"{where} must be a JSON object (name: value), got {_type_name(params)}")
+
+
 def to_array(
-    data: Any, datatype: str, shape: list[int], contract: InputContract, where: str
+    data: Any,
+    datatype: str,
+    shape: list[int],
+    contract: InputContract,
+    where: str,
+    may_hold_bools: bool = True,
 ) -> np.ndarray:
     """Validate tensor ``data`` against its declared datatype and shape; return it as 2-D rows.
 
     Data may be flat (row-major) or nested, as the protocol allows. Nulls are missing values,
-    accepted only for float datatypes and models that handle them (they become NaN).
+    accepted only for float datatypes and models that handle them (they become NaN). Booleans
+    are accepted only for datatype BOOL; ``may_hold_bools=False`` (the body has no true/false)
+    skips searching for them.
     """
     target = DATATYPES[datatype]
     assert target is not None
     if not isinstance(data, list):
         raise bad_request(f"{where} must be a list of numbers, got {_type_name(data)}")
+    if may_hold_bools and target.kind != "b":
+        _reject_booleans(data, datatype, where)
     try:
         arr = np.asarray(data)
     except ValueError:
@@ -229,6 +265,7 @@ def _requested_outputs(doc: Mapping[str, Any], contract: InputContract) -> froze
                 f"outputs[{i}].name {name!r:.60} is not an output of this model: one of "
                 f"{', '.join(contract.output_names)}"
             )
+        _check_parameters(o, f"outputs[{i}].parameters")
         names.append(name)
     return frozenset(names)
 
@@ -238,6 +275,7 @@ def parse_v2(body: bytes, contract: InputContract) -> ParsedRequest:
     doc = loads(body)
     if not isinstance(doc, dict):
         raise bad_request(f"request body must be a JSON object, got {_type_name(doc)}")
+    _check_parameters(doc, "'parameters'")
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise bad_request("'inputs' must be a non-empty list of tensors")
@@ -251,6 +289,7 @@ def parse_v2(body: bytes, contract: InputContract) -> ParsedRequest:
         raise bad_request("inputs[0] must be an object with name, shape, datatype and data")
     if not isinstance(tensor.get("name"), str):
         raise bad_request("inputs[0].name must be a string")
+    _check_parameters(tensor, "inputs[0].parameters")
     datatype = tensor.get("datatype")
     if datatype not in DATATYPES:
         raise bad_request(
@@ -265,7 +304,8 @@ def parse_v2(body: bytes, contract: InputContract) -> ParsedRequest:
     if "data" not in tensor:
         raise bad_request("inputs[0].data is missing")
     shape = _check_shape(tensor.get("shape"), contract, "inputs[0].shape")
-    x = to_array(tensor["data"], datatype, shape, contract, "inputs[0].data")
+    bools = may_hold_booleans(body)
+    x = to_array(tensor["data"], datatype, shape, contract, "inputs[0].data", bools)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request("'id' must be a string")
@@ -287,7 +327,7 @@ def parse_v1(body: bytes, contract: InputContract) -> ParsedRequest:
     shape = _check_shape([len(rows), width], contract, f"{key} (as a [rows, features] shape)")
     if any(len(r) != width for r in rows):
         raise bad_request(f"'{key}' is ragged: every row must have {width} values")
-    x = to_array(rows, "FP64", shape, contract, key)
+    x = to_array(rows, "FP64", shape, contract, key, may_hold_booleans(body))
     return ParsedRequest(x, contract.default_outputs, None)
 
 

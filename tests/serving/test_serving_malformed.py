@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import urllib.error
+import urllib.request
 
 import pytest
 from servingkit import N_FEATURES, Server, request, v2_body
@@ -18,6 +21,11 @@ def tensor(**overrides):  # type: ignore[no-untyped-def]
     t = {"name": "input-0", "shape": [1, N_FEATURES], "datatype": "FP32", "data": ROW}
     t.update(overrides)
     return json.dumps({"inputs": [t]}).encode()
+
+
+def request_with(**fields):  # type: ignore[no-untyped-def]
+    """A valid one-row request with request-level fields added (outputs, parameters, id)."""
+    return json.dumps({**json.loads(tensor()), **fields}).encode()
 
 
 # (method, path, body, headers, status, text the error must contain)
@@ -98,6 +106,104 @@ CASES = [
         "Content-Type: application/json",
     ),
     ("POST", INFER, b"x" * (2 * 1024 * 1024), JSON, 413, "over the limit of 1048576 bytes"),
+    # JSON booleans are data only for datatype BOOL, wherever they sit in flat or nested data
+    (
+        "POST",
+        INFER,
+        tensor(data=[True] * N_FEATURES),
+        JSON,
+        400,
+        "inputs[0].data[0] is true, a boolean: datatype FP32 needs numbers (booleans are only valid for datatype BOOL)",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(data=[*ROW[:-1], False]),
+        JSON,
+        400,
+        "inputs[0].data[19] is false, a boolean: datatype FP32 needs numbers",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(data=[[*ROW[:-1], True]]),
+        JSON,
+        400,
+        "inputs[0].data[19] is true, a boolean: datatype FP32",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(data=[True, *[1] * 19], datatype="INT32"),
+        JSON,
+        400,
+        "inputs[0].data[0] is true, a boolean: datatype INT32 needs numbers",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(data=[False, "1", *ROW[2:]]),
+        JSON,
+        400,
+        "inputs[0].data[0] is false, a boolean: datatype FP32",
+    ),
+    (
+        "POST",
+        "/v1/models/iris:predict",
+        json.dumps({"instances": [[*ROW[:-1], True]]}).encode(),
+        JSON,
+        400,
+        "instances[19] is true, a boolean",
+    ),
+    # parameters are objects at every level the protocol has them
+    (
+        "POST",
+        INFER,
+        request_with(parameters=[1, 2]),
+        JSON,
+        400,
+        "'parameters' must be a JSON object (name: value), got list",
+    ),
+    (
+        "POST",
+        INFER,
+        request_with(parameters="fast"),
+        JSON,
+        400,
+        "'parameters' must be a JSON object (name: value), got string",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(parameters=5),
+        JSON,
+        400,
+        "inputs[0].parameters must be a JSON object (name: value), got int",
+    ),
+    (
+        "POST",
+        INFER,
+        tensor(parameters=True),
+        JSON,
+        400,
+        "inputs[0].parameters must be a JSON object (name: value), got bool",
+    ),
+    (
+        "POST",
+        INFER,
+        request_with(outputs=[{"name": "predict", "parameters": ["x"]}]),
+        JSON,
+        400,
+        "outputs[0].parameters must be a JSON object (name: value), got list",
+    ),
+    (
+        "POST",
+        INFER,
+        request_with(outputs=[{"name": "predict"}, {"name": "predict_proba", "parameters": "x"}]),
+        JSON,
+        400,
+        "outputs[1].parameters must be a JSON object",
+    ),
     ("POST", "/v2/models/nope/infer", tensor(), JSON, 404, "'nope' is not served here"),
     ("POST", "/v2/models/iris/versions/9/infer", tensor(), JSON, 404, "version '9'"),
     ("GET", INFER, None, {}, 405, "use POST"),
@@ -191,3 +297,109 @@ def test_a_request_the_model_rejects_is_a_500_for_that_request_only(start_server
     reply = server.post("/v2/models/model/infer", v2_body([[-1.0] * N_FEATURES]))
     assert reply.status == 500 and "row rejected by GateModel" in reply.json()["error"]
     assert server.get("/v2/health/ready").status == 200
+
+
+def test_booleans_for_bool_and_object_parameters_are_accepted(strict_server) -> None:  # type: ignore[no-untyped-def]
+    flags = [True, False] * (N_FEATURES // 2)
+    reply = strict_server.post(INFER, tensor(data=flags, datatype="BOOL"), headers=JSON)
+    assert reply.status == 200, reply.body
+    body = request_with(
+        parameters={"content_type": "np", "priority": 1},
+        outputs=[{"name": "predict", "parameters": {"binary_data": False}}],
+    )
+    body = json.loads(body)
+    body["inputs"][0]["parameters"] = {"content_type": "np"}
+    reply = strict_server.post(INFER, body)
+    assert reply.status == 200, reply.body
+    assert reply.json()["outputs"][0]["name"] == "predict"
+    # a body that mentions true/false outside the data is not mistaken for boolean data
+    reply = strict_server.post(
+        INFER, request_with(id="true false", parameters={"x": True}), headers=JSON
+    )
+    assert reply.status == 200, reply.body
+
+
+def _post_whole_body(
+    port: int, path: str, body: bytes, headers: dict[str, str], chunked: bool
+) -> tuple[int, str, bytes]:
+    """POST the whole body, then read the answer, as most HTTP clients do."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        if chunked:
+            chunks = (body[i : i + (1 << 20)] for i in range(0, len(body), 1 << 20))
+            conn.request("POST", path, chunks, headers, encode_chunked=True)
+        else:
+            conn.request("POST", path, body, headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type", ""), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "connection", "chunked", "status", "text"),
+    [
+        (
+            INFER,
+            "keep-alive",
+            False,
+            413,
+            "over the limit of 1048576 bytes (MODELSERVER_MAX_REQUEST_BYTES)",
+        ),
+        (
+            INFER,
+            "close",
+            False,
+            413,
+            "over the limit of 1048576 bytes (MODELSERVER_MAX_REQUEST_BYTES)",
+        ),
+        (
+            INFER,
+            "close",
+            True,
+            413,
+            "over the limit of 1048576 bytes (MODELSERVER_MAX_REQUEST_BYTES)",
+        ),
+        ("/v2/models/nope/infer", "close", False, 404, "'nope' is not served here"),
+    ],
+)
+def test_a_64_mib_body_gets_an_answer_the_client_can_read(
+    strict_server, path, connection, chunked, status, text
+) -> None:  # type: ignore[no-untyped-def]
+    """A refused body is read and dropped, so a client that sends it all still sees why.
+
+    ``Connection: close`` is what urllib and many other clients send.
+    """
+    body = b"x" * (64 * 1024 * 1024)
+    headers = {**JSON, "Connection": connection}
+    got, content_type, answer = _post_whole_body(strict_server.port, path, body, headers, chunked)
+    assert (got, content_type) == (status, "application/json"), answer[:200]
+    assert text in json.loads(answer)["error"]
+    assert strict_server.get("/v2/health/ready").status == 200
+
+
+def test_urllib_posting_64_mib_reads_the_413(strict_server) -> None:  # type: ignore[no-untyped-def]
+    url = f"http://127.0.0.1:{strict_server.port}{INFER}"
+    req = urllib.request.Request(url, data=b"x" * (64 * 1024 * 1024), headers=JSON)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=120)
+    assert err.value.code == 413
+    assert "over the limit of 1048576 bytes" in json.loads(err.value.read())["error"]
+
+
+def test_a_client_that_expects_100_continue_is_refused_without_sending_the_body(
+    strict_server,
+) -> None:  # type: ignore[no-untyped-def]
+    """It sends no body until told to continue, so the server must not wait to drain one."""
+    head = (
+        f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {64 * 1024 * 1024}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes after answering
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large", answer[:200]
+    assert b"over the limit of 1048576 bytes" in rest
