@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from modelserver import metric_names as m
-from servingkit import metric, v2_body
+from servingkit import N_FEATURES, metric, v2_body
 
 
 def test_metrics_move(lr_server, models) -> None:  # type: ignore[no-untyped-def]
@@ -39,28 +40,57 @@ def test_metrics_move(lr_server, models) -> None:  # type: ignore[no-untyped-def
     assert metric(after, m.MODEL_READY, model="iris", version="7") == 1
 
 
-def test_batches_form_under_concurrency(lr_server, models) -> None:  # type: ignore[no-untyped-def]
-    before = lr_server.metrics()
-    body = v2_body(models.x[:1].tolist())
-    errors: list[int] = []
+def test_batches_form_under_concurrency(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """While a predict call runs, concurrent requests queue, and the next call scores them together.
+
+    The model holds its first call until released, so the queue is built by events, not by
+    luck: release only once every client's request is in the server (the in-flight gauge).
+    """
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    server = start_server("--format", "custom", "--model-class", "ms_test_models:GateModel",
+                          env={"GATE_DIR": str(gate)})  # fmt: skip
+    server.wait_ready()
+    before = server.metrics()
+    body = v2_body([[1.0] * N_FEATURES])
+    clients = 8
+    statuses: list[int] = []
 
     def client() -> None:
-        for _ in range(40):
-            status = lr_server.post("/v2/models/iris/infer", body).status
-            if status != 200:
-                errors.append(status)
+        statuses.append(server.post("/v2/models/model/infer", body).status)
 
-    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
-    after = lr_server.metrics()
-    rows = metric(after, m.BATCH_SIZE + "_sum") - metric(before, m.BATCH_SIZE + "_sum")
-    calls = metric(after, m.BATCH_SIZE + "_count") - metric(before, m.BATCH_SIZE + "_count")
-    assert errors == []
-    assert rows == 320
-    assert calls <= rows  # never more predict calls than rows; usually far fewer
+    try:
+        # one call is in the model, holding the only inference slot; the rest queue behind it
+        _wait(lambda: (gate / "started").exists(), server)
+        # every request is in the server, plus the scrape that reads the gauge
+        _wait(lambda: metric(server.metrics(), m.INFLIGHT_REQUESTS) == clients + 1, server)
+    finally:
+        (gate / "release").touch()
+        for t in threads:
+            t.join(60)
+    after = server.metrics()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert statuses == [200] * clients
+    rows = delta(m.BATCH_SIZE + "_sum")
+    calls = delta(m.BATCH_SIZE + "_count")
+    one_row_calls = delta(m.BATCH_SIZE + "_bucket", le="1.0")
+    assert rows == clients
+    assert calls - one_row_calls >= 1  # at least one predict call scored several requests' rows
+    assert calls < rows
+
+
+def _wait(condition, server, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until true; fail with the server's log if it never is."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
 
 
 def test_drift_reacts_to_shifted_inputs(lr_server, models) -> None:  # type: ignore[no-untyped-def]
