@@ -65,7 +65,8 @@ AUDIT_POLICY = {
 }
 NODE_COUNT = 2
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-# Pod label read by fault-stages.yaml: never-ready | crash-loop | oom-killed | image-pull-backoff.
+# Pod label read by fault-stages.yaml: never-ready | crash-loop | oom-killed | image-pull-backoff
+# | unreachable. The pod runner starts no server for a pod that carries it.
 FAULT_LABEL = "devcluster.modeldeploy.io/fault"
 
 
