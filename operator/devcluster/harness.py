@@ -32,13 +32,16 @@ class OperatorProcess:
         self.namespace = namespace
         self.log_path = log_path
         self.metrics_port = free_port()
+        self.health_port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "MODELDEPLOY_NAMESPACES": namespace,
+            # Its credential Secret lives beside the models it watches (in a cluster: its own).
+            "MODELDEPLOY_OPERATOR_NAMESPACE": namespace,
             "MODELDEPLOY_RESYNC_SECONDS": "2",
             "MODELDEPLOY_METRICS_PORT": str(self.metrics_port),
-            "MODELDEPLOY_HEALTH_PORT": str(free_port()),
+            "MODELDEPLOY_HEALTH_PORT": str(self.health_port),
             "MODELDEPLOY_SERVING_IMAGE": "registry.example/modelserver:test",
             **env,
         }
@@ -75,6 +78,15 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def health(self, path: str = "/healthz") -> tuple[int, dict]:
+        """(HTTP status, JSON body) of the operator's /healthz or /readyz."""
+        url = f"http://127.0.0.1:{self.health_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
     def metrics(self) -> dict[str, float]:
         """The operator's /metrics as {series: value} (labels inline, as exposed)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -104,30 +116,48 @@ class Traffic:
         }
     ).encode()
 
-    def __init__(self, runner: PodRunner, model: str, interval: float = 0.02):
+    def __init__(
+        self, runner: PodRunner, model: str, interval: float = 0.02, token: str | None = None
+    ):
         self.runner, self.model, self.interval = runner, model, interval
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
         self.sent = 0
         self.errors = 0
+        self.codes: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             for url in self.urls():
-                request = urllib.request.Request(
-                    url, data=self.BODY, headers={"Content-Type": "application/json"}
-                )
+                request = urllib.request.Request(url, data=self.BODY, headers=self.headers)
                 try:
                     with urllib.request.urlopen(request, timeout=2) as response:
                         response.read()
-                except urllib.error.HTTPError:
+                        code = response.status
+                except urllib.error.HTTPError as error:
                     self.errors += 1
+                    code = error.code
                 except OSError:
                     continue
                 self.sent += 1
+                self.codes[code] = self.codes.get(code, 0) + 1
 
     def urls(self) -> list[str]:
-        return [f"http://{ip}:8080/v2/models/{self.model}/infer" for ip in self.runner.ready_ips()]
+        """Each ready pod's infer URL, at the port and model name that pod serves (they change
+        between revisions when an update changes serving.port or model.name)."""
+        urls = []
+        for state in list(self.runner.pods.values()):
+            if not state.ready:
+                continue
+            container = state.pod["spec"]["containers"][0]
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            port = container.get("ports", [{}])[0].get("containerPort", 8080)
+            model = env.get("MODELSERVER_MODEL_NAME") or self.model
+            urls.append(f"http://{state.ip}:{port}/v2/models/{model}/infer")
+        return urls
 
     def start(self) -> Traffic:
         self._thread.start()

@@ -44,13 +44,14 @@ from .judge import (
     Check,
     RevisionMetrics,
     check_answers,
+    check_metadata,
     compare_metadata,
     compare_predictions,
     judge_metrics,
     judge_pods,
 )
 from .naming import OWNER
-from .observed import Observed, pod_ready
+from .observed import Observed, pod_ready, ready_since
 from .rollout import (
     Evidence,
     Hold,
@@ -66,6 +67,9 @@ log = logging.getLogger("modeldeploy.evidence")
 HTTP_TIMEOUT = 3.0
 PROMQL_MIN_WINDOW = 30
 UNREACHABLE = "PodsUnreachable"
+# A pod that turned Ready this recently and refuses a connection is still coming up (or its
+# readiness was reported a moment early): ask again rather than hold the canary.
+UNREACHABLE_GRACE_SECONDS = 10.0
 CREDENTIAL_REJECTED = "OperatorCredentialRejected"
 CREDENTIAL_HINT = (
     "the pod does not accept the operator's credential: auth configured through spec.serving.env "
@@ -128,11 +132,17 @@ class Unreachable(Exception):
 
 @dataclass(frozen=True)
 class PodTarget:
-    """Where one pod serves, as it runs: its name, base URL and model name."""
+    """Where one pod serves, as it runs: its name, base URL and model name, and since when it
+    is Ready."""
 
     name: str
     base_url: str
     model: str
+    ready_since: dt.datetime | None = None
+
+    def just_ready(self, now: dt.datetime) -> bool:
+        since = self.ready_since
+        return since is None or (now - since).total_seconds() < UNREACHABLE_GRACE_SECONDS
 
 
 def pod_target(pod: dict[str, Any], default_model: str, default_port: int) -> PodTarget | None:
@@ -149,7 +159,13 @@ def pod_target(pod: dict[str, Any], default_model: str, default_port: int) -> Po
     env = {e.get("name"): e.get("value") for e in container.get("env", []) or []}
     model = env.get("MODELSERVER_MODEL_NAME") or default_model
     number = port.get("containerPort", default_port)
-    return PodTarget(pod["metadata"]["name"], f"http://{ip}:{number}", str(model))
+    since = ready_since(pod)
+    return PodTarget(
+        pod["metadata"]["name"],
+        f"http://{ip}:{number}",
+        str(model),
+        dt.datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None,
+    )
 
 
 def served_model(observed: Observed, revision: str, default: str) -> str:
@@ -238,6 +254,7 @@ def scrape_revision(
     default_model: str,
     snapshots: Snapshots,
     tokens: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
 ) -> MetricsRead:
     """Direct source: the revision's window metrics summed over its ready pods."""
     total, read, problem = PodSample(), 0, None
@@ -249,7 +266,8 @@ def scrape_revision(
         try:
             current = parse_pod_metrics(_open(url, tokens).decode(), target.model)
         except Unreachable as error:
-            problem = _unreachable(Unreachable(error.reason, target))
+            if now is None or not target.just_ready(now):
+                problem = _unreachable(Unreachable(error.reason, target))
             continue
         except urllib.error.HTTPError as error:
             if error.code in (401, 403):
@@ -313,6 +331,7 @@ def read_metrics(
     revision: str,
     snapshots: Snapshots,
     tokens: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
 ) -> MetricsRead:
     source = md.spec.rollout.analysis.metric_source
     model = served_model(observed, revision, md.spec.model.name or str(md.metadata.name))
@@ -323,7 +342,7 @@ def read_metrics(
         )
         return MetricsRead(query_prometheus(source.prometheus_url, model, revision, window))
     port = md.spec.serving.port
-    return scrape_revision(observed.pods_of(revision), port, model, snapshots, tokens)
+    return scrape_revision(observed.pods_of(revision), port, model, snapshots, tokens, now)
 
 
 @dataclass(frozen=True)
@@ -340,6 +359,7 @@ def run_gates(
     stable_pods: list[dict[str, Any]] | None,
     smoke_inputs: list[dict[str, Any]],
     tokens: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
 ) -> tuple[list[Check], Hold | None]:
     """Model-aware gates: the canary's metadata and smoke predictions against stable's.
 
@@ -363,6 +383,9 @@ def run_gates(
         try:
             checks.append(_gate(md, gate, canary, None if alone else stable, smoke_inputs, tokens))
         except Unreachable as error:
+            if now is None or (error.target is not None and error.target.just_ready(now)):
+                checks.append(Check(gate, CheckOutcome.INCONCLUSIVE, message=f"{error.reason}"))
+                continue
             return checks, _unreachable(error)
         except PodRefused as error:
             return checks, _rejected(error.target, error.code)
@@ -401,9 +424,10 @@ def _gate(
             raise
 
     if gate == "modelMetadata":
+        ours = ask(canary, "")
         if stable is None:
-            return Check(gate, CheckOutcome.PASSED, message="no ready stable pod to compare with")
-        return compare_metadata(ask(canary, ""), ask(stable, ""))
+            return check_metadata(ours)
+        return compare_metadata(ours, ask(stable, ""))
     ours = [ask(canary, "/infer", body) for body in smoke_inputs]
     if stable is None:
         return check_answers(ours)
@@ -472,16 +496,16 @@ def gather(
             hold = smoke.problem
             if hold is None:
                 stable_pods = observed.pods_of(stable) if fallback_ready else None
-                gates, hold = run_gates(md, canary_pods, stable_pods, smoke.requests, tokens)
+                gates, hold = run_gates(md, canary_pods, stable_pods, smoke.requests, tokens, now)
             if hold is None and gates is not None and _deadline_passed(md, created, now):
                 gates = [_timed_out(g) for g in gates]
         metrics = None
         if gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED:
-            ours = read_metrics(md, observed, canary, snapshots, tokens)
+            ours = read_metrics(md, observed, canary, snapshots, tokens, now)
             if ours.metrics is None and ours.problem is not None:
                 hold = ours.problem
             else:
-                theirs = read_metrics(md, observed, stable, snapshots, tokens)
+                theirs = read_metrics(md, observed, stable, snapshots, tokens, now)
                 metrics = judge_metrics(analysis, ours.metrics, theirs.metrics)
         return Evidence(pods, metrics, gates, hold, fallback_ready)
     if in_rollback_window(md, stable, now):
@@ -493,10 +517,12 @@ def gather(
         failing = signals if signals.outcome == CheckOutcome.FAILED else None
         metrics = None
         if analysis_due(md, now):
-            baseline = read_metrics(md, observed, previous, snapshots, tokens) if previous else None
+            baseline = (
+                read_metrics(md, observed, previous, snapshots, tokens, now) if previous else None
+            )
             metrics = judge_metrics(
                 analysis,
-                read_metrics(md, observed, stable, snapshots, tokens).metrics,
+                read_metrics(md, observed, stable, snapshots, tokens, now).metrics,
                 baseline.metrics if baseline else None,
             )
         return Evidence(

@@ -245,6 +245,16 @@ def compare_metadata(canary: dict[str, Any], stable: dict[str, Any]) -> Check:
     return Check("modelMetadata", FAILED, message="; ".join(diffs), hard=True)
 
 
+def check_metadata(canary: dict[str, Any]) -> Check:
+    """Model metadata judged on its own (no ready stable pod to compare with): it must name its
+    inputs and outputs."""
+    if not canary.get("inputs") or not canary.get("outputs"):
+        return Check(
+            "modelMetadata", FAILED, message="metadata lists no inputs or outputs", hard=True
+        )
+    return Check("modelMetadata", PASSED, message="no ready stable pod to compare with")
+
+
 def check_answers(canary: list[dict[str, Any]]) -> Check:
     """Smoke-test responses judged on their own, when no stable pod is there to compare with:
     every request answered with at least one named output carrying data."""

@@ -61,6 +61,14 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     )
 
 
+def ready_since(pod: dict[str, Any]) -> str | None:
+    """When the pod's Ready condition last turned True (RFC 3339), if it is True."""
+    for condition in pod.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return condition.get("lastTransitionTime")
+    return None
+
+
 def ready_replicas(deployment: dict[str, Any] | None) -> int:
     return int((deployment or {}).get("status", {}).get("readyReplicas") or 0)
 

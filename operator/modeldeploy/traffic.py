@@ -4,6 +4,12 @@ Replica router (default, any cluster): one Service selects pods; its selector is
 Pinned to a revision it sends everything there; unpinned it spreads requests over every ready pod
 of every revision, so the canary's share is its share of ready pods. Gateway API router: an
 HTTPRoute with exact weights over a `-stable` and a `-canary` Service.
+
+Who gets which split with the Gateway API router: clients through the Gateway get the route's
+exact weights. In-cluster clients of the `<name>` Service (status.url) get the split too: that
+Service switches like the replica router's (pod ratio, approximate); with `gateway.mesh: true` the
+route also attaches to that Service (GAMMA), so a mesh that implements GAMMA (Istio, Linkerd,
+Cilium) gives in-cluster clients the exact weights as well.
 """
 
 from __future__ import annotations
@@ -77,18 +83,18 @@ def build_services(
 ) -> list[dict[str, Any]]:
     """The client-facing Service (and, for the Gateway API router, the two backend Services)."""
     assert md.metadata.name is not None
-    if md.spec.traffic.router == Router.GATEWAY_API:
-        services = [pinned(build_service(md), stable), _role_service(md, "stable", stable)]
-        if canary is not None:
-            services.append(_role_service(md, "canary", canary))
-        return services
     if canary is None or weight <= 0:
         target: str | None = stable
     elif weight >= 100:
         target = canary
     else:
         target = None  # every revision's ready pods
-    return [pinned(build_service(md), target)]
+    services = [pinned(build_service(md), target)]
+    if md.spec.traffic.router == Router.GATEWAY_API:
+        services.append(_role_service(md, "stable", stable))
+        if canary is not None:
+            services.append(_role_service(md, "canary", canary))
+    return services
 
 
 def _role_service(md: ModelDeployment, role: str, revision: str) -> dict[str, Any]:
@@ -117,12 +123,12 @@ def build_http_route(md: ModelDeployment, canary: str | None, weight: int) -> di
                 "weight": weight,
             }
         )
-    spec: dict[str, Any] = {
-        "parentRefs": [
-            p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in gateway.parent_refs
-        ],
-        "rules": [{"backendRefs": backends}],
-    }
+    parents = [
+        p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in gateway.parent_refs
+    ]
+    if gateway.mesh:  # GAMMA: the mesh applies the route to calls of the Service itself
+        parents.append({"group": "", "kind": "Service", "name": md.metadata.name})
+    spec: dict[str, Any] = {"parentRefs": parents, "rules": [{"backendRefs": backends}]}
     if gateway.hostnames:
         spec["hostnames"] = list(gateway.hostnames)
     name = gateway.http_route_name or md.metadata.name

@@ -16,74 +16,19 @@ import urllib.request
 import pytest
 from conftest import OperatorProcess, Traffic, kget
 from devcluster import FAULT_LABEL, wait_until
+from mdkit import (
+    FAST_ROLLOUT,
+    apply,
+    body,
+    deployments,
+    rolled_back,
+    service_selector,
+    stable_then_custom_canary,
+    status,
+    wait_stable,
+)
 
 pytestmark = pytest.mark.cluster
-
-FAST_ROLLOUT = {
-    "steps": [25, 50, 100],
-    "stepDuration": "2s",
-    "progressDeadline": "60s",
-    "analysis": {"interval": "1s", "failureThreshold": 2, "minRequests": 5, "maxInconclusive": 30},
-}
-
-
-def body(uri: str, rollout: dict | None = None, serving: dict | None = None, **model: str) -> dict:
-    return {
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": "fraud"},
-        "spec": {
-            "model": {"uri": uri, "format": "sklearn", **model},
-            "scaling": {"replicas": 2},
-            "rollout": rollout or FAST_ROLLOUT,
-            **({"serving": serving} if serving else {}),
-        },
-    }
-
-
-def apply(cluster, namespace: str, obj: dict) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
-
-
-def status(cluster, namespace: str) -> dict:
-    return kget(cluster, "md", "fraud", "-n", namespace).get("status", {})
-
-
-def wait_stable(cluster, namespace: str, timeout: float = 60) -> str:
-    def ready() -> bool:
-        s = status(cluster, namespace)
-        return s.get("phase") == "Ready" and not s.get("canaryRevision")
-
-    wait_until(ready, timeout, "stable revision Ready")
-    return str(status(cluster, namespace)["stableRevision"])
-
-
-def deployments(cluster, namespace: str) -> dict[str, dict]:
-    items = kget(cluster, "deployments", "-n", namespace, "-l", "modeldeploy.io/name=fraud")[
-        "items"
-    ]
-    return {d["metadata"]["labels"]["modeldeploy.io/revision"]: d for d in items}
-
-
-def service_selector(cluster, namespace: str) -> dict:
-    return kget(cluster, "service", "fraud", "-n", namespace)["spec"]["selector"]
-
-
-def rolled_back(cluster, namespace: str) -> bool:
-    return bool(status(cluster, namespace).get("lastRollback"))
-
-
-def stable_then_custom_canary(
-    cluster, namespace: str, uri: str, rollout: dict, model_class: str
-) -> str:
-    """Deploy `uri` as stable, then a canary serving it through a fault_models class; returns the
-    stable revision."""
-    apply(cluster, namespace, body(uri, rollout))
-    stable = wait_stable(cluster, namespace)
-    canary = body(uri, rollout)
-    canary["spec"]["model"].update(format="custom", customClass=f"fault_models:{model_class}")
-    apply(cluster, namespace, canary)
-    return stable
 
 
 @pytest.fixture
@@ -186,8 +131,10 @@ def test_crash_looping_canary_is_rolled_back_within_interval_times_threshold(
     assert record["check"] == "podsHealthy" and "CrashLoopBackOff" in record["observedValue"]
     assert status(cluster, namespace)["stableRevision"] == stable
     # A crash loop is a hard failure: judged from pod status at once, not after failureThreshold
-    # metric intervals (`make bench-rollout` measures how fast).
-    assert "samples" not in record and record["timeToDetect"].endswith("s")
+    # metric intervals (`make bench-rollout` measures how fast) — and before any traffic, so
+    # there is no time to detect from first traffic, only the time since the canary started.
+    assert "samples" not in record and record["timeSinceStart"].endswith("s")
+    assert "timeToDetect" not in record
 
 
 def test_canary_answering_5xx_is_rolled_back_naming_the_metric(
@@ -208,6 +155,9 @@ def test_canary_answering_5xx_is_rolled_back_naming_the_metric(
     assert record["check"] == "errorRate"
     assert record["observedValue"] == "100%" and record["threshold"] == "5%"
     assert record["samples"] >= 5 and record["window"] == "1s"
+    # Users were exposed from the canary's first traffic, after its gates: no longer than the
+    # whole rollout took.
+    assert int(record["timeToDetect"][:-1]) <= int(record["timeSinceStart"][:-1])
     assert s["stableRevision"] == stable
     assert s["history"][0]["outcome"] == "RolledBack"
     metrics = operator.metrics()
@@ -347,7 +297,10 @@ def gateway_api(cluster) -> None:
 def test_gateway_api_weights_follow_the_steps(
     cluster, namespace, gateway_api, operator, pod_runner, traffic, model_uris
 ):
-    gateway = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+    gateway = {
+        "router": "gateway-api",
+        "gateway": {"parentRefs": [{"name": "public"}], "mesh": True},
+    }
     first = body(model_uris["v1"], version="v1")
     first["spec"]["traffic"] = gateway
     apply(cluster, namespace, first)
@@ -356,11 +309,15 @@ def test_gateway_api_weights_follow_the_steps(
     assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]] == [
         ("fraud-stable", 100)
     ]
+    # mesh: the route also attaches to the model's own Service (GAMMA), accepted by the real API
+    # server with the Gateway API CRDs, so a GAMMA mesh splits in-cluster calls exactly.
+    assert {"group": "", "kind": "Service", "name": "fraud"} in route["spec"]["parentRefs"]
 
     second = body(model_uris["v2"], version="v2")
     second["spec"]["traffic"] = gateway
     apply(cluster, namespace, second)
     seen: list[tuple[int, ...]] = []
+    pins: list[str | None] = []
 
     def promoted() -> bool:
         backends = kget(cluster, "httproute", "fraud", "-n", namespace)["spec"]["rules"][0][
@@ -369,11 +326,17 @@ def test_gateway_api_weights_follow_the_steps(
         weights = tuple(b["weight"] for b in backends)
         if not seen or seen[-1] != weights:
             seen.append(weights)
+        pin = service_selector(cluster, namespace).get("modeldeploy.io/revision")
+        if not pins or pins[-1] != pin:
+            pins.append(pin)
         s = status(cluster, namespace)
         return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
 
     wait_until(promoted, 90, "promotion through the Gateway API router")
     assert [w for w in seen if len(w) == 2 and w[1] > 0] == [(75, 25), (50, 50), (0, 100)], seen
+    # In-cluster callers of the `fraud` Service (status.url) follow the split as well: the
+    # Service selects both revisions mid-way instead of staying pinned to stable.
+    assert pins[0] == old and None in pins, pins
     stable_svc = kget(cluster, "service", "fraud-stable", "-n", namespace)
     assert (
         stable_svc["spec"]["selector"]["modeldeploy.io/revision"]

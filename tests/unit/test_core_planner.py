@@ -226,9 +226,19 @@ def test_gateway_router_writes_exact_weights_on_an_http_route():
         for o in result.apply
         if o["kind"] == "Service"
     }
-    assert services == {"fraud": old, "fraud-stable": old, "fraud-canary": new}
+    # In-cluster callers of `fraud` follow the split too (pod ratio), not only Gateway clients.
+    assert services == {"fraud": None, "fraud-stable": old, "fraud-canary": new}
     canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{new}")
     assert canary["spec"]["replicas"] == 1, "exact weights need only the canary's share of pods"
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}]
+
+
+def test_gateway_router_with_a_mesh_attaches_the_route_to_the_models_service():
+    traffic = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}], "mesh": True}}
+    md = make_md({"traffic": traffic})
+    result = plan(md, Observed(), NOW, CONFIG)
+    route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
+    assert {"group": "", "kind": "Service", "name": "fraud"} in route["spec"]["parentRefs"]
 
 
 def test_a_weight_the_replicas_cannot_realise_is_reported():
@@ -258,3 +268,40 @@ def test_a_canary_comes_back_when_its_next_analysis_is_due():
     md = make_md(spec, status=status)
     observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2))])
     assert plan(md, observed, NOW, CONFIG).requeue_after == pytest.approx(18)
+
+
+@pytest.mark.parametrize(("canary_pods", "phase"), [(1, "RollingBack"), (0, "Degraded")])
+def test_a_rolled_back_revision_is_rolling_back_until_its_pods_are_gone(canary_pods, phase):
+    old_md = make_md({"scaling": {"replicas": 2}})
+    old = rev(old_md)
+    new = rev(make_md({"scaling": {"replicas": 2}, **V8}))
+    rejected = [{"revision": new, "rejectedAt": "2026-11-27T11:59:00Z", "reason": "PodsFailing"}]
+    md = make_md(
+        {"scaling": {"replicas": 2}, **V8},
+        status={"stableRevision": old, "rejectedRevisions": rejected,
+                "lastRollback": {"revision": new, "check": "podsHealthy", "time": "2026-11-27T11:59:00Z"}},
+    )  # fmt: skip
+    canary = observed_deployment(deployment_of(md, new, "img:1", 0))
+    canary["status"]["replicas"] = canary_pods
+    observed = Observed(
+        deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2)), canary],
+        services=[pinned_service(old_md, old)],
+    )
+    result = plan(md, observed, NOW, CONFIG)
+    assert result.status["phase"] == phase
+    assert conditions(result.status)["Degraded"] == "True"
+
+
+def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_says_why():
+    from modeldeploy.rollout import OPERATOR_CAUSE, Admission
+
+    md = make_md({"scaling": {"replicas": 2}}, status={"stableRevision": "old1234567", "phase": "Ready"})
+    old_md = make_md({"scaling": {"replicas": 2}, "serving": {"image": "img:0"}})
+    stable = observed_deployment(deployment_of(old_md, "old1234567", "img:0", 2))
+    observed = Observed(deployments=[stable], services=[pinned_service(md, "old1234567")])
+    admission = Admission(OPERATOR_CAUSE, waiting="waits for a rollout slot: 10 of 10 in use")
+    result = plan(md, observed, NOW, CONFIG, admission=admission)
+    assert result.status["phase"] == "Ready" and "canaryRevision" not in result.status
+    reconciling = {c["type"]: c for c in result.status["conditions"]}["Reconciling"]
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "RolloutQueued")
+    assert [o["metadata"]["name"] for o in result.apply if o["kind"] == "Deployment"] == [], "stable untouched"

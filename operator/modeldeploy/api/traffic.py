@@ -56,6 +56,14 @@ class Gateway(ApiModel):
         list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME)]],
         Field(max_length=16),
     ] = Field(default_factory=list, description="Host names the route matches. Empty: all.")
+    mesh: bool = Field(
+        default=False,
+        description=(
+            "Also attach the route to the model's own Service (GAMMA), so a service mesh that "
+            "implements GAMMA gives in-cluster callers the exact weights too. Without a mesh, "
+            "in-cluster callers get the split as the ready-pod ratio."
+        ),
+    )
 
 
 class Traffic(ApiModel):
