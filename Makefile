@@ -62,8 +62,9 @@ check-crds: venv ## Fail with a diff when the committed CRD differs from the gen
 
 ##@ Run
 .PHONY: run
+# exec: the demo is make's own child, so make's SIGTERM reaches it and it stops when make dies.
 run: venv $(if $(KUBECONFIG),,control-plane) ## Run the operator with a demo model (embedded control plane unless KUBECONFIG is set).
-	$(PY) hack/run_demo.py
+	exec $(PY) hack/run_demo.py
 
 ##@ Benchmarks
 .PHONY: bench-control-plane
