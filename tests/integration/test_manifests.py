@@ -512,6 +512,100 @@ def test_example_passes_server_side_dry_run(cluster, crds, namespace) -> None:
     assert stored["spec"]["rollout"]["steps"] == [10, 25, 50, 100]
 
 
+# ---------------------------------------------------------------------- the optional NetworkPolicy
+NETWORKPOLICY = MANIFESTS / "networkpolicy"
+INGRESS_NAMESPACE_LABEL = "modeldeploy.io/model-ingress"  # documented in manifests/README.md
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector matches `labels`, as the API server evaluates it."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]:
+            return False
+    return True
+
+
+def serving_pod_templates() -> list[dict[str, Any]]:
+    """Pod templates exactly as the operator builds them: for the example, and for one with its own
+    port and pod labels."""
+    from modeldeploy.api import parse_model_deployment
+    from modeldeploy.children import build_pod_template
+
+    example = yaml.safe_load(EXAMPLE.read_text())
+    example["metadata"] = {**example["metadata"], "namespace": "models"}
+    custom = copy.deepcopy(example)
+    custom["metadata"]["name"] = "other"
+    custom["spec"].setdefault("serving", {}).update(port=9000, podLabels={"team": "risk"})
+    return [
+        build_pod_template(parse_model_deployment(body), "0123456789", "registry.example/ms:1")
+        for body in (example, custom)
+    ]
+
+
+@pytest.mark.parametrize("apply_mode", ["client-side", "server-side"])
+def test_networkpolicy_passes_server_side_dry_run(cluster, namespace, apply_mode: str) -> None:
+    mode = ["--server-side"] if apply_mode == "server-side" else []
+    done = cluster.kubectl(
+        "apply", *mode, "--dry-run=server", "-n", namespace, "-k", str(NETWORKPOLICY),
+        "-o", "json", check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not unexpected_warnings(done.stderr), done.stderr
+    stored = json.loads(done.stdout)
+    [policy] = stored.get("items", [stored])
+    assert policy["kind"] == "NetworkPolicy"
+    # No namespace in the files: `-n` puts it into the models namespace it protects.
+    assert policy["metadata"]["namespace"] == namespace
+    assert policy["spec"] == only(render(cluster, NETWORKPOLICY), "NetworkPolicy")["spec"]
+
+
+def test_networkpolicy_admits_the_operator_to_the_pods_it_builds(cluster) -> None:
+    policy = only(render(cluster, NETWORKPOLICY), "NetworkPolicy")
+    assert "namespace" not in policy["metadata"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress stays open
+
+    # It selects the serving pods the operator builds, on the port they serve on.
+    [rule] = spec["ingress"]
+    for template in serving_pod_templates():
+        assert selects(spec["podSelector"], template["metadata"]["labels"]), template["metadata"]
+        [container] = template["spec"]["containers"]
+        serving = {(p["name"], p["protocol"]) for p in container["ports"]}
+        assert {(p["port"], p["protocol"]) for p in rule["ports"]} <= serving, serving
+        assert container["readinessProbe"]["httpGet"]["port"] in {p["port"] for p in rule["ports"]}
+
+    # ... and nothing else: not the operator's own pod.
+    objs = render(cluster, MANIFESTS / "cluster-wide")
+    operator = only(objs, "Deployment", "modeldeploy-operator")
+    operator_labels = operator["spec"]["template"]["metadata"]["labels"]
+    assert not selects(spec["podSelector"], operator_labels)
+
+    # From: (1) the operator's pods in the operator's namespace, (2) this namespace's pods,
+    # (3) namespaces carrying the documented label.
+    operator_peer, same_namespace, ingress = rule["from"]
+    operator_namespace = operator["metadata"]["namespace"]
+    assert operator_peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": operator_namespace}
+    }
+    assert selects(operator_peer["podSelector"], operator_labels)
+    assert not selects(
+        operator_peer["podSelector"], serving_pod_templates()[0]["metadata"]["labels"]
+    )
+    assert same_namespace == {"podSelector": {}}
+    assert ingress == {"namespaceSelector": {"matchLabels": {INGRESS_NAMESPACE_LABEL: "true"}}}
+    readme = (MANIFESTS / "README.md").read_text()
+    assert f"{INGRESS_NAMESPACE_LABEL}=true" in readme
+    assert "kubectl apply -n models -k manifests/networkpolicy" in readme
+
+
 # ------------------------------------------------------------- the operator as its ServiceAccount
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_operator_runs_as_its_service_account(
