@@ -95,11 +95,21 @@ class App:
         return self.model.ready and not self.draining
 
     def start_draining(self) -> None:
-        """SIGTERM: readiness goes false first; requests are still served until the drain."""
-        if not self.draining:
-            self.draining = True
-            self.metrics.set_ready(False)
-            log.info("draining: readiness is now false; in-flight requests will complete")
+        """SIGTERM: readiness answers false from now on; requests are still served until the drain.
+
+        Only sets a flag, so a signal handler may call it; ``report_draining`` follows from the
+        event loop with what takes locks.
+        """
+        self.draining = True
+
+    def report_draining(self) -> None:
+        """The ready gauge and a log line for a drain that started.
+
+        Never from a signal handler: the gauge update takes prometheus_client's lock, which the
+        interrupted code may hold (with several workers one lock guards every metric).
+        """
+        self.metrics.set_ready(False)
+        log.info("draining: readiness is now false; in-flight requests will complete")
 
     async def _load(self) -> None:
         if await self.model.load():

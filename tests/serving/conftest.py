@@ -63,6 +63,23 @@ CUSTOM_MODELS = textwrap.dedent(
             return x.sum(axis=1)
 
 
+    class LoadGateModel(SumModel):
+        """Blocks while loading until the release file exists: a model still being loaded.
+
+        Each process that starts loading leaves a marker file named after its pid.
+        """
+
+        def __init__(self, path):
+            gate = os.environ["GATE_DIR"]
+            open(os.path.join(gate, f"loading-{os.getpid()}"), "a").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists(os.path.join(gate, "release")):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("never released")
+                time.sleep(0.01)
+            super().__init__(path)
+
+
     class SlowModel(SumModel):
         """Takes 50 ms per predict call, so requests are in flight for a while."""
 
