@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 
 from .api import GROUP, KIND, PLURAL, VERSION
 from .config import OperatorConfig
-from .credential import load_or_create, operator_namespace
+from .credential import SECRET_NAME, load_or_create, operator_namespace
 from .health import serve_health
 from .kube import Kube
 from .naming import MANAGED_BY, MANAGER, OWNER
@@ -169,6 +169,24 @@ def load_credential(runtime: Runtime, attempts: int = 8) -> None:
         try:
             credential = load_or_create(runtime.kube, namespace)
             break
+        except ApiException as error:
+            if error.status != 403 and attempt < attempts:
+                log.warning(
+                    "reading the operator credential in %s failed (attempt %d), retrying: %s",
+                    namespace, attempt, describe_error(error),
+                )  # fmt: skip
+                time.sleep(backoff_seconds(attempt))
+                continue
+            if error.status != 403:
+                raise
+            # Permissions do not come back by retrying: run without a credential. Models with
+            # auth are then held (OperatorCredentialRejected); all others work as before.
+            log.error(
+                "cannot read or create Secret %s/%s (%s): models that require a token cannot be "
+                "judged; grant the Role in manifests/base/credential-rbac.yaml",
+                namespace, SECRET_NAME, describe_error(error),
+            )  # fmt: skip
+            return
         except Exception as error:
             if attempt == attempts:
                 raise

@@ -73,6 +73,14 @@ EXPECTED_RULES = frozenset(
     }
 )
 
+# The one exception, in the operator's own namespace only: its credential for model pods with auth
+# (operator/modeldeploy/credential.py), which it may read by name and create once.
+CREDENTIAL = "modeldeploy-operator-credential"
+CREDENTIAL_RULES = [
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CREDENTIAL], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+]
+
 # The RBAC authorizer's refusal, wherever it is quoted (kopf's log line, an ApiException body).
 RBAC_DENIAL = re.compile(r"cannot [a-z]+ resource")
 
@@ -330,7 +338,7 @@ def check_audit(cluster, install: Install) -> None:
         for e in entries
     }
     assert ("modeldeploy.io", "modeldeployments", None) not in writes, writes
-    for group, resource, subresource in writes:
+    for group, resource, subresource in writes - {("", "secrets", None)}:
         full = f"{resource}/{subresource}" if subresource else resource
         assert any(g == group and r == full for g, r, _ in EXPECTED_RULES), (group, full)
 
@@ -361,8 +369,24 @@ def test_rbac_is_exactly_the_table_without_wildcards(cluster, overlay: str) -> N
     objs = render(cluster, MANIFESTS / overlay)
     kind = "ClusterRole" if overlay == "cluster-wide" else "Role"
     binding_kind = f"{kind}Binding"
-    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole")]
-    bindings = [o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    credential = only(objs, "Role", CREDENTIAL)
+    assert credential["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert credential["rules"] == CREDENTIAL_RULES
+    credential_binding = only(objs, "RoleBinding", CREDENTIAL)
+    assert credential_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": CREDENTIAL,
+    }
+    assert credential_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+    ]
+    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole") and o is not credential]
+    bindings = [
+        o
+        for o in objs
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and o is not credential_binding
+    ]
     assert {o["kind"] for o in roles} == {kind} and {o["kind"] for o in bindings} == {binding_kind}
 
     for role in roles:
@@ -441,7 +465,8 @@ def test_operator_deployment_is_restricted_and_consistent(cluster) -> None:
     assert (config.metrics_port, config.health_port) == (9090, 8081)
     probe = container["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "health"}
-    assert "readinessProbe" not in container  # nothing routes to the operator
+    # Not Ready while the API server is unreachable: `kubectl get pods` shows it.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
     resources = container["resources"]
     assert resources["requests"]["cpu"] and resources["requests"]["memory"]
@@ -620,6 +645,7 @@ def test_operator_runs_as_its_service_account(
                 pytest.skip("a cluster-wide operator would reconcile this cluster's other models")
 
         env = {"MODELDEPLOY_NAMESPACES": ""} if install.clusterwide else {}
+        env["MODELDEPLOY_OPERATOR_NAMESPACE"] = install.operator_namespace
         process = OperatorProcess(kubeconfig, namespace, tmp_path / "operator.log", **env)
         try:
             process.start()
@@ -675,6 +701,26 @@ def can_i(cluster, user: str, verb: str, resource: str, namespace: str | None) -
             },
         },
     }
+    out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout
+    return bool(json.loads(out)["status"].get("allowed"))
+
+
+def secret_allowed(cluster, user: str, verb: str, namespace: str, name: str | None) -> bool:
+    """A SubjectAccessReview for one Secret by name (kubectl auth can-i cannot name one)."""
+    account_namespace = user.split(":")[2]
+    attributes = {"verb": verb, "resource": "secrets", "namespace": namespace}
+    if name:
+        attributes["name"] = name
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
+                       "system:authenticated"],
+            "resourceAttributes": attributes,
+        },
+    }  # fmt: skip
     out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout
     return bool(json.loads(out)["status"].get("allowed"))
 
@@ -759,10 +805,21 @@ def test_service_account_is_no_broader_than_needed(cluster, namespace, overlay: 
             if got != want
         ]
         assert not wrong, "\n".join(wrong)
+        # Its credential, by name, in its own namespace; no other Secret, nowhere else.
+        home = install.operator_namespace
+        assert secret_allowed(cluster, user, "get", home, CREDENTIAL)
+        assert not secret_allowed(cluster, user, "get", home, "another-secret")
+        assert not secret_allowed(cluster, user, "get", ns, CREDENTIAL)
+        assert secret_allowed(cluster, user, "create", home, None)
 
         # The rules as the API server stored them: exactly the table, no wildcards.
         kind = "clusterrole" if install.clusterwide else "role"
-        role = only(install.objects, "ClusterRole" if install.clusterwide else "Role")
+        role = next(
+            o
+            for o in install.objects
+            if o["kind"] == ("ClusterRole" if install.clusterwide else "Role")
+            and o["metadata"]["name"] != CREDENTIAL
+        )
         args = [kind, role["metadata"]["name"]]
         args += [] if install.clusterwide else ["-n", namespace]
         live = kget(cluster, *args)["rules"]
@@ -891,6 +948,7 @@ def test_operator_image_install_runs_unprivileged(
                 "PYTHONUNBUFFERED": "1",
                 "KUBECONFIG": str(kubeconfig),
                 "MODELDEPLOY_NAMESPACES": namespace,
+                "MODELDEPLOY_OPERATOR_NAMESPACE": install.operator_namespace,
                 "MODELDEPLOY_RESYNC_SECONDS": "2",
                 "MODELDEPLOY_METRICS_PORT": str(free_port()),
                 "MODELDEPLOY_HEALTH_PORT": str(health),
