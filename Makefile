@@ -91,6 +91,38 @@ serve-demo: venv ## Train a small iris model and serve it on 127.0.0.1:8080 (Ctr
 	echo "try: curl -s localhost:8080/v2/models/iris/infer -H 'Content-Type: application/json' -d '{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[5.1,3.5,1.4,0.2]}]}'"
 	$(PY) -m modelserver --model-uri .bench/demo/iris.joblib --model-name iris --port 8080
 
+##@ Images
+# kubebuilder's names: the operator image and the default serving image it is deployed with.
+IMG ?= ghcr.io/modeldeploy/operator:0.1.0
+SERVING_IMG ?= ghcr.io/modeldeploy/modelserver:0.1.0
+NODE_DIR ?= $(DEVCLUSTER_DIR)/node
+NODE_BIN ?= $(MODELDEPLOY_CACHE)/node-k8s-v1.36.3-containerd-v2.2.9/bin
+
+.PHONY: node-packages
+node-packages: ## Install the Debian packages images and the real node use (runc, CNI plugins, mmdebstrap, buildah, umoci, iptables) if missing.
+	hack/node-packages.sh
+
+.PHONY: images
+images: venv node-packages ## Build the serving and operator images from their Dockerfiles (docker, or buildah on a local Debian base); cached, imported into a running node.
+	$(PY) -m devcluster.images build --if-possible \
+	  $(if $(wildcard $(NODE_DIR)/containerd.sock),--containerd-address $(NODE_DIR)/containerd.sock --ctr $(NODE_BIN)/ctr)
+
+.PHONY: docker-build
+docker-build: venv node-packages ## Build the operator image as IMG and the serving image as SERVING_IMG.
+	$(PY) -m devcluster.images build --tag operator=$(IMG) --tag modelserver=$(SERVING_IMG)
+
+.PHONY: docker-push
+docker-push: venv ## Push IMG and SERVING_IMG to their registries.
+	$(PY) -m devcluster.images push $(IMG) $(SERVING_IMG)
+
+.PHONY: deploy
+deploy: ## Install the operator on $$KUBECONFIG's cluster with IMG and SERVING_IMG (OVERLAY=cluster-wide|namespaced).
+	hack/deploy.sh apply $(IMG) $(SERVING_IMG) $(or $(OVERLAY),cluster-wide)
+
+.PHONY: undeploy
+undeploy: ## Remove what `make deploy` installed (the CRD too, and with it every ModelDeployment).
+	hack/deploy.sh delete $(IMG) $(SERVING_IMG) $(or $(OVERLAY),cluster-wide)
+
 ##@ Local control plane
 .PHONY: cluster-up
 cluster-up: venv control-plane ## Start the embedded control plane (kubeconfig in .devcluster/kubeconfig).
