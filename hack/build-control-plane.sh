@@ -8,13 +8,16 @@
 # code. Binaries already in the cache are kept; a finished build is reused by every later run.
 #
 # Usage: hack/build-control-plane.sh            (prints the bin directory on its last line)
-# Env:   MODELDEPLOY_CACHE (default ~/.cache/modeldeploy), K8S_VERSION, ETCD_VERSION, KWOK_VERSION
+# Env:   MODELDEPLOY_CACHE (default ~/.cache/modeldeploy), K8S_VERSION, ETCD_VERSION, KWOK_VERSION,
+#        GATEWAY_API_VERSION, PROMETHEUS_OPERATOR_VERSION, HELM_VERSION (a v3 release)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.6.3}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CACHE="${MODELDEPLOY_CACHE:-$HOME/.cache/modeldeploy}"
 KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
 BIN="$CACHE/$KEY/bin"
@@ -133,14 +136,41 @@ if [ ! -d "$GATEWAY_DIR" ]; then
 fi
 ln -sfn "$GATEWAY_DIR" "$CACHE/$KEY/gateway-api-crds"
 
-# Prometheus (the canary analysis' PromQL source), from Debian's package: unpacked, not installed,
-# so nothing is started or configured system-wide.
-if [ ! -x "$CACHE/$KEY/prometheus/prometheus" ] && command -v apt-get >/dev/null; then
+# prometheus-operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule) for the dry runs of
+# manifests/monitoring, from the module that ships them.
+PROMOP_DIR="$CACHE/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+if [ ! -d "$PROMOP_DIR" ]; then
+  po_dir=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  mkdir -p "$PROMOP_DIR.tmp"
+  cp "$po_dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors,prometheusrules}.yaml "$PROMOP_DIR.tmp/"
+  chmod -R u+w "$PROMOP_DIR.tmp"
+  mv "$PROMOP_DIR.tmp" "$PROMOP_DIR"
+fi
+ln -sfn "$PROMOP_DIR" "$CACHE/$KEY/prometheus-operator-crds"
+
+# helm (lint, template and the chart's tests), built like kwok: `go install` from the module proxy.
+HELM_DIR="$CACHE/helm-$HELM_VERSION"
+if [ ! -x "$HELM_DIR/helm" ]; then
+  t0=$SECONDS
+  log "helm: building helm.sh/helm/v3/cmd/helm@$HELM_VERSION ..."
+  helm_tmp=$(mktemp -d "$CACHE/helm-$HELM_VERSION.tmp.XXXXXX")  # concurrent builds do not collide
+  GOBIN="$helm_tmp" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mkdir -p "$HELM_DIR" && mv "$helm_tmp/helm" "$HELM_DIR/helm" && rm -rf "$helm_tmp"
+  log "helm: built in $((SECONDS - t0)) s"
+fi
+ln -sfn "$HELM_DIR" "$CACHE/$KEY/helm"
+
+# Prometheus (the canary analysis' PromQL source) and promtool (checks and unit tests of the alert
+# rules), from Debian's package: unpacked, not installed, so nothing is started or configured
+# system-wide.
+if { [ ! -x "$CACHE/$KEY/prometheus/prometheus" ] || [ ! -x "$CACHE/$KEY/prometheus/promtool" ]; } && command -v apt-get >/dev/null; then
   tmp=$(mktemp -d)
   if (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; }); then
     dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
     mkdir -p "$CACHE/$KEY/prometheus"
-    cp "$tmp/x/usr/bin/prometheus" "$CACHE/$KEY/prometheus/prometheus"
+    cp "$tmp/x/usr/bin/prometheus" "$tmp/x/usr/bin/promtool" "$CACHE/$KEY/prometheus/"
     log "prometheus: $("$CACHE/$KEY/prometheus/prometheus" --version 2>&1 | head -n 1)"
   else
     log "prometheus: the Debian package could not be downloaded; its tests will be skipped"
