@@ -60,6 +60,24 @@ crds: venv ## Generate the ModelDeployment CRD from the pydantic models (operato
 check-crds: venv ## Fail with a diff when the committed CRD differs from the generated one.
 	$(PY) -m modeldeploy.api.crd --check $(CRD_FILE)
 
+##@ Monitoring and Helm
+# promtool and helm live in the binary cache beside the control plane (hack/build-control-plane.sh).
+TOOLS = $$(dirname $$(hack/build-control-plane.sh 2>/dev/null | tail -n 1))
+
+.PHONY: generated
+generated: venv ## Regenerate the PrometheusRule and the chart's copies of the CRD, rules and dashboard.
+	$(PY) hack/generate.py
+
+.PHONY: check-generated
+check-generated: venv ## Fail with a diff when a generated file (see `generated`) is not current.
+	$(PY) hack/generate.py --check
+
+.PHONY: check-rules
+check-rules: control-plane ## promtool check and unit tests of the alert rules (manifests/monitoring).
+	tools=$(TOOLS)
+	$$tools/prometheus/promtool check rules manifests/monitoring/rules.yaml
+	cd tests/monitoring && $$tools/prometheus/promtool test rules rules_test.yaml
+
 ##@ Run
 .PHONY: run
 # exec: the demo is make's own child, so make's SIGTERM reaches it and it stops when make dies.

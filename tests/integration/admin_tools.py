@@ -1,0 +1,64 @@
+"""The admin tools the monitoring and chart tests run: promtool, helm and the prometheus-operator's
+CRDs, which hack/build-control-plane.sh puts into the binary cache beside the control plane."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def cache_dir() -> Path:
+    """`$MODELDEPLOY_CACHE/<version key>`: builds what is missing first (quick when warm)."""
+    from devcluster import ensure_binaries
+
+    return ensure_binaries().bin_dir.parent
+
+
+def promtool() -> Path:
+    path = cache_dir() / "prometheus" / "promtool"
+    if not path.exists():  # as for Prometheus: apt could not reach Debian
+        pytest.skip("promtool is not in the cache (hack/build-control-plane.sh could not fetch it)")
+    return path
+
+
+def helm() -> Path:
+    path = cache_dir() / "helm" / "helm"
+    assert path.exists(), f"{path} is missing: run hack/build-control-plane.sh"
+    return path
+
+
+def prometheus_operator_crds() -> list[Path]:
+    files = sorted((cache_dir() / "prometheus-operator-crds").glob("*.yaml"))
+    assert len(files) == 3, f"expected 3 CRDs in {cache_dir() / 'prometheus-operator-crds'}"
+    return files
+
+
+def run(*argv: str | Path, cwd: Path = REPO, input: str | None = None) -> str:
+    """Run a tool; fail with its output when it exits non-zero. Returns stdout."""
+    done = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, input=input, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"{' '.join(map(str, argv))} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def install_monitoring_crds(cluster) -> None:  # type: ignore[no-untyped-def]
+    """ServiceMonitor, PodMonitor and PrometheusRule, Established. A cluster that already has them
+    (a kube-prometheus-stack behind KUBECONFIG) keeps its own versions."""
+    names = [
+        f"{kind}.monitoring.coreos.com"
+        for kind in ("servicemonitors", "podmonitors", "prometheusrules")
+    ]
+    present = cluster.kubectl("get", "crd", *names, check=False).returncode == 0
+    if not present or cluster.embedded:
+        for path in prometheus_operator_crds():
+            cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", *(f"crd/{n}" for n in names), "--timeout=60s"
+    )
