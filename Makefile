@@ -78,6 +78,12 @@ check-rules: control-plane ## promtool check and unit tests of the alert rules (
 	$$tools/prometheus/promtool check rules manifests/monitoring/rules.yaml
 	cd tests/monitoring && $$tools/prometheus/promtool test rules rules_test.yaml
 
+.PHONY: chart
+chart: control-plane check-generated ## helm lint the chart and package it into dist/.
+	tools=$(TOOLS)
+	$$tools/helm/helm lint --strict charts/modeldeploy
+	$$tools/helm/helm package charts/modeldeploy --destination dist
+
 ##@ Run
 .PHONY: run
 # exec: the demo is make's own child, so make's SIGTERM reaches it and it stops when make dies.
