@@ -4,6 +4,7 @@ CRDs, which hack/build-control-plane.sh puts into the binary cache beside the co
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 from pathlib import Path
 
@@ -51,14 +52,21 @@ def run(*argv: str | Path, cwd: Path = REPO, input: str | None = None) -> str:
 def install_monitoring_crds(cluster) -> None:  # type: ignore[no-untyped-def]
     """ServiceMonitor, PodMonitor and PrometheusRule, Established. A cluster that already has them
     (a kube-prometheus-stack behind KUBECONFIG) keeps its own versions."""
-    names = [
-        f"{kind}.monitoring.coreos.com"
-        for kind in ("servicemonitors", "podmonitors", "prometheusrules")
-    ]
+    from devcluster import wait_until
+
+    kinds = ("servicemonitors", "podmonitors", "prometheusrules")
+    names = [f"{kind}.monitoring.coreos.com" for kind in kinds]
     present = cluster.kubectl("get", "crd", *names, check=False).returncode == 0
     if not present or cluster.embedded:
         for path in prometheus_operator_crds():
             cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", *(f"crd/{n}" for n in names), "--timeout=60s"
-    )
+
+    def established() -> bool:
+        # Not `kubectl wait`: it fails on a CRD whose status the API server has not written yet.
+        listed = json.loads(cluster.kubectl("get", "crd", *names, "-o", "json").stdout)["items"]
+        return len(listed) == len(names) and all(
+            any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+            for conditions in (crd.get("status", {}).get("conditions", []) for crd in listed)
+        )
+
+    wait_until(established, 60, "the prometheus-operator CRDs Established")

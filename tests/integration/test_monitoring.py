@@ -366,14 +366,26 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
     variables = variable_values(prometheus, namespace)
     assert namespace in variables["namespace"] and variables["model"] == ["fraud"], variables
 
-    # Every rule evaluates on real series, and the rollback alert fires.
-    groups = prometheus.get("/api/v1/rules")["groups"]
-    health = {r["name"]: (r["health"], r.get("lastError")) for g in groups for r in g["rules"]}
-    assert set(health) == alerts(yaml.safe_load(RULES.read_text()))
-    assert {name: h for name, h in health.items() if h[0] != "ok"} == {}, health
-    firing = {
-        a["labels"]["alertname"]
-        for a in prometheus.get("/api/v1/alerts")["alerts"]
-        if a["state"] == "firing"
-    }
-    assert "ModelDeploymentRolledBack" in firing, firing
+    # Every rule evaluates on real series, and the rollback alert fires (rules are evaluated every
+    # second, on their own schedule).
+    names = alerts(yaml.safe_load(RULES.read_text()))
+    health: dict[str, tuple[str, str | None]] = {}
+
+    def evaluated() -> bool:
+        groups = prometheus.get("/api/v1/rules")["groups"]
+        health.update(
+            {r["name"]: (r["health"], r.get("lastError")) for g in groups for r in g["rules"]}
+        )
+        return set(health) == names and all(h == "ok" for h, _ in health.values())
+
+    def rollback_alert_firing() -> bool:
+        return any(
+            a["labels"]["alertname"] == "ModelDeploymentRolledBack" and a["state"] == "firing"
+            for a in prometheus.get("/api/v1/alerts")["alerts"]
+        )
+
+    try:
+        wait_until(evaluated, 30, "every rule evaluated without error")
+    except TimeoutError as error:
+        raise AssertionError(health) from error
+    wait_until(rollback_alert_firing, 30, "the rollback alert firing")
