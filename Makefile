@@ -147,6 +147,19 @@ deploy: ## Install the operator on $$KUBECONFIG's cluster with IMG and SERVING_I
 undeploy: ## Remove what `make deploy` installed (the CRD too, and with it every ModelDeployment).
 	hack/deploy.sh delete $(IMG) $(SERVING_IMG) $(or $(OVERLAY),cluster-wide)
 
+##@ Real node
+.PHONY: node
+node: node-packages ## Build kubelet, kube-proxy, containerd and pause into the cache (once).
+	hack/build-node.sh >/dev/null
+
+.PHONY: node-up
+node-up: venv node images ## Join a real node (kubelet + containerd + runc) to the control plane of `make cluster-up`.
+	$(PY) -m devcluster.node up --cluster-dir $(DEVCLUSTER_DIR)
+
+.PHONY: node-down
+node-down: venv ## Stop the real node and undo every piece of host state it made.
+	$(PY) -m devcluster.node down --cluster-dir $(DEVCLUSTER_DIR)
+
 ##@ Local control plane
 .PHONY: cluster-up
 cluster-up: venv control-plane ## Start the embedded control plane (kubeconfig in .devcluster/kubeconfig).

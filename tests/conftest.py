@@ -97,3 +97,43 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: ClusterHandle) -> Iterator[object]:
+    """A real node — kubelet, containerd, runc, a CNI bridge and kube-proxy — joined to the
+    embedded control plane, with the project's images imported (devcluster.node).
+
+    Pods land on it only with `devcluster.node.NODE_SELECTOR` and `TOLERATIONS`; everything else
+    stays on kwok's nodes. Built and started on first use (cold: kubelet, kube-proxy, containerd
+    and the images, several minutes); skips with the reason where it cannot run (not root, no
+    runc, ...). At the end it stops and undoes every piece of host state it made.
+    """
+    if not cluster.embedded:
+        pytest.skip("the real node joins the embedded control plane (KUBECONFIG is set)")
+    from devcluster import images
+    from devcluster.node import NodeConfig, RealNode, ensure_node_binaries, why_no_node
+
+    reason = why_no_node()
+    if reason:
+        pytest.skip(reason)
+    bin_dir = ensure_node_binaries()
+    if images.docker_engine():
+        pytest.skip("with a Docker engine the images go to Docker; the real node imports archives")
+    reason = images.why_no_local_builder()
+    if reason:
+        pytest.skip(reason)
+    images.build()
+    local = cluster.local
+    assert local is not None
+    config = NodeConfig.for_cluster(local.directory, local.binaries.kubectl)  # type: ignore[attr-defined]
+    node = RealNode(config, bin_dir, die_with_parent=True).start()
+    t = node.timings
+    _session_notes.append(
+        f"real node: containerd {t['containerd']:.1f}s, images imported {t['images_imported']:.1f}s, "
+        f"node Ready {t['node_ready']:.1f}s, all up {t['ready']:.1f}s"
+    )
+    try:
+        yield node
+    finally:
+        node.stop()
