@@ -1,0 +1,252 @@
+"""ModelDeployments on the real node: the serving image built from its Dockerfile, run by a real
+kubelet in containerd + runc, judged by the operator from real kubelet status.
+
+What this proves beyond the kwok tier: the operator's pod spec is admitted under the restricted
+Pod Security Standard *and* runs (non-root, read-only root filesystem, the emptyDirs it declares,
+probes on the right paths and port), a `pvc://` model is mounted and loaded, a broken artifact
+with fail-fast really crash-loops and an undersized memory limit is really OOMKilled by the
+kernel — and the operator rolls both back from what the kubelet reports. And a Service's
+ClusterIP (kube-proxy's iptables rules) spreads requests the way the replica router assumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import kget
+from devcluster import wait_until
+from mdkit import apply, rolled_back, service_selector, status, wait_stable
+from nodekit import INFER_BODY, PLACEMENT, SERVING_IMAGE, http, pods, ready
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
+
+ROLLOUT = {
+    "steps": [25, 50, 100],
+    "stepDuration": "2s",
+    "progressDeadline": "120s",
+    "analysis": {"interval": "1s", "failureThreshold": 2, "minRequests": 5, "maxInconclusive": 30},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crd_established(cluster) -> None:
+    """The CRD applied and Established before the `crds` fixture's `kubectl wait`, which fails
+    instead of waiting when it runs before the new CRD has any status condition."""
+    from conftest import CRD_FILE
+
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    wait_until(
+        lambda: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in kget(cluster, "crd", "modeldeployments.modeldeploy.io")["status"].get(
+                "conditions", []
+            )
+        ),
+        60,
+        "CRD Established",
+    )
+
+
+@pytest.fixture
+def restricted(cluster, namespace) -> str:
+    """The test namespace enforcing the restricted Pod Security Standard."""
+    cluster.kubectl(
+        "label", "namespace", namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )  # fmt: skip
+    return namespace
+
+
+@pytest.fixture
+def model_claim(cluster, restricted, model_uris, tmp_path) -> str:
+    """A PersistentVolumeClaim `models`, bound to a hostPath PV holding v1, v2 and a broken
+    artifact, readable by the pods' uid."""
+    directory = tmp_path / "pv"
+    directory.mkdir()
+    directory.chmod(0o755)
+    for version in ("v1", "v2"):
+        target = directory / f"{version}.joblib"
+        target.write_bytes(Path(model_uris[version].removeprefix("file://")).read_bytes())
+        target.chmod(0o644)
+    (directory / "broken.joblib").write_bytes(b"not a model")
+    (directory / "broken.joblib").chmod(0o644)
+    pv_name = f"models-{restricted}"
+    objects = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(directory), "type": "Directory"},
+                "claimRef": {"namespace": restricted, "name": "models"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "models", "namespace": restricted},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1",
+                                                          "items": objects}))  # fmt: skip
+    wait_until(
+        lambda: kget(cluster, "pvc", "models", "-n", restricted)["status"].get("phase") == "Bound",
+        60,
+        "PVC bound",
+    )
+    yield "models"
+    cluster.kubectl("delete", "pv", pv_name, "--wait=false", check=False)
+
+
+def md(
+    uri: str, *, version: str, replicas: int = 2, rollout: dict | None = None, **serving
+) -> dict:
+    return {
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "fraud"},
+        "spec": {
+            "model": {"uri": uri, "format": "sklearn", "version": version},
+            "scaling": {"replicas": replicas},
+            "rollout": rollout or ROLLOUT,
+            "serving": {"image": SERVING_IMAGE, **PLACEMENT, **serving},
+        },
+    }
+
+
+def serving_pods(cluster, namespace: str, revision: str) -> list[dict]:
+    return pods(cluster, namespace, f"modeldeploy.io/revision={revision}")
+
+
+def test_model_from_a_pvc_goes_ready_on_the_real_node_under_restricted_pss(
+    cluster, restricted, real_node, model_claim, operator
+):
+    from devcluster.node import NODE_NAME
+
+    apply(cluster, restricted, md(f"pvc://{model_claim}/v1.joblib", version="v1"))
+    revision = wait_stable(cluster, restricted, timeout=180)
+    running = serving_pods(cluster, restricted, revision)
+    assert len(running) == 2 and all(ready(p) for p in running)
+    for pod in running:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        container = pod["status"]["containerStatuses"][0]
+        assert container["containerID"].startswith("containerd://") and container["ready"]
+        assert container["restartCount"] == 0
+        # Admitted under `restricted` (the namespace enforces it) and running as its user on a
+        # read-only root: the server answers on the pod IP, with the model from the claim.
+        code, reply = http(
+            f"http://{pod['status']['podIP']}:8080/v2/models/fraud/infer", INFER_BODY
+        )
+        assert code == 200 and reply["model_version"] == revision
+    log = real_node.pod_log(restricted, running[0]["metadata"]["name"], "server")
+    assert "Traceback" not in log
+
+
+def test_crash_loop_and_oom_kill_on_the_real_node_are_rolled_back(
+    cluster, restricted, real_node, model_claim, operator
+):
+    apply(cluster, restricted, md(f"pvc://{model_claim}/v1.joblib", version="v1"))
+    stable = wait_stable(cluster, restricted, timeout=180)
+
+    # A broken artifact with fail-fast: the container exits, the kubelet restarts it and backs
+    # off — CrashLoopBackOff, reported by the real kubelet.
+    apply(
+        cluster, restricted,
+        md(f"pvc://{model_claim}/broken.joblib", version="broken",
+           env=[{"name": "MODELSERVER_FAIL_FAST", "value": "true"}]),
+    )  # fmt: skip
+    wait_until(lambda: rolled_back(cluster, restricted), 180, "crash-looping canary rolled back")
+    record = status(cluster, restricted)["lastRollback"]
+    assert record["check"] == "podsHealthy", record
+    assert "CrashLoopBackOff" in record["observedValue"] or "Error" in record["observedValue"], (
+        record
+    )
+    assert status(cluster, restricted)["stableRevision"] == stable
+    assert service_selector(cluster, restricted)["modeldeploy.io/revision"] == stable
+
+    # An undersized memory limit: the kernel's OOM killer ends the server while it loads.
+    apply(
+        cluster, restricted,
+        md(f"pvc://{model_claim}/v2.joblib", version="v2",
+           resources={"requests": {"cpu": "100m", "memory": "32Mi"},
+                      "limits": {"memory": "32Mi"}}),
+    )  # fmt: skip
+
+    def oom_rolled_back() -> bool:
+        record = status(cluster, restricted).get("lastRollback") or {}
+        return "OOMKilled" in str(record.get("observedValue", ""))
+
+    wait_until(oom_rolled_back, 180, "OOMKilled canary rolled back")
+    s = status(cluster, restricted)
+    assert s["stableRevision"] == stable and s["lastRollback"]["check"] == "podsHealthy"
+
+
+def test_cluster_ip_spreads_requests_as_the_replica_router_assumes(
+    cluster, restricted, real_node, model_claim, operator
+):
+    """Requests through the Service's ClusterIP, sent from the host (kube-proxy DNATs each new
+    connection to a uniformly random ready endpoint), answered by the canary in the share that
+    status.effectiveWeight states.
+
+    Tolerance: with n requests each independently answered by the canary with probability p
+    (= effectiveWeight), the count is Binomial(n, p). We accept |k/n - p| <= 4.5 * sqrt(p(1-p)/n):
+    a correct split fails this less than once in 100,000 runs (normal approximation, two-sided,
+    np and n(1-p) well above 10), while a router that ignored the canary (p=0) or split evenly
+    (p=0.5) instead of 25% is off by >= 9 standard deviations at n=600 and fails every time.
+    """
+    rollout = {
+        **ROLLOUT,
+        "steps": [25, 100],
+        "stepDuration": "10m",  # hold at the first step while we measure
+        "analysis": {**ROLLOUT["analysis"], "minRequests": 1, "maxInconclusive": 1000,
+                     "compareMetadata": False},
+    }  # fmt: skip
+    apply(cluster, restricted, md(f"pvc://{model_claim}/v1.joblib", version="v1", replicas=3,
+                                  rollout=rollout))  # fmt: skip
+    stable = wait_stable(cluster, restricted, timeout=180)
+    apply(cluster, restricted, md(f"pvc://{model_claim}/v2.joblib", version="v2", replicas=3,
+                                  rollout=rollout))  # fmt: skip
+
+    def split_in_effect() -> bool:
+        s = status(cluster, restricted)
+        canary = s.get("canaryRevision")
+        if not canary or s.get("effectiveWeight") in (None, 0):
+            return False
+        if "modeldeploy.io/revision" in service_selector(cluster, restricted):
+            return False  # still pinned to one revision (gates)
+        slices = kget(cluster, "endpointslices", "-n", restricted,
+                      "-l", "kubernetes.io/service-name=fraud")["items"]  # fmt: skip
+        endpoints = [e for sl in slices for e in sl.get("endpoints", [])
+                     if e.get("conditions", {}).get("ready")]  # fmt: skip
+        ready_pods = [p for r in (stable, canary) for p in serving_pods(cluster, restricted, r)
+                      if ready(p)]  # fmt: skip
+        return len(endpoints) == len(ready_pods) == 4
+
+    wait_until(split_in_effect, 240, "canary step with the Service over both revisions")
+    s = status(cluster, restricted)
+    canary, p = s["canaryRevision"], s["effectiveWeight"] / 100
+    service = kget(cluster, "service", "fraud", "-n", restricted)
+    url = f"http://{service['spec']['clusterIP']}:80/v2/models/fraud/infer"
+    n, answered = 600, {stable: 0, canary: 0}
+    for _ in range(n):
+        code, reply = http(url, INFER_BODY)
+        assert code == 200
+        answered[reply["model_version"]] += 1
+    assert status(cluster, restricted)["canaryRevision"] == canary  # nothing moved meanwhile
+    share = answered[canary] / n
+    tolerance = 4.5 * math.sqrt(p * (1 - p) / n)
+    assert abs(share - p) <= tolerance, (answered, p, tolerance)
