@@ -91,6 +91,9 @@ def run_pass(runtime: Runtime, key: Key, trigger: str) -> PassResult | None:
 def describe_error(error: BaseException) -> str:
     """One line for the log: what failed, without a traceback (a retry follows)."""
     if isinstance(error, ApiException):
+        if not error.status:  # the client's own failure (TLS, connection), no HTTP answer
+            reason = " ".join(str(error.reason).split())
+            return f"no answer from the API server: {reason}"[:300]
         return f"API server answered {error.status} {error.reason}"
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}"[:300]

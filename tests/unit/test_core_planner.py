@@ -230,11 +230,16 @@ def test_gateway_router_writes_exact_weights_on_an_http_route():
     assert services == {"fraud": None, "fraud-stable": old, "fraud-canary": new}
     canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{new}")
     assert canary["spec"]["replicas"] == 1, "exact weights need only the canary's share of pods"
-    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}]
+    assert route["spec"]["parentRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}
+    ]
 
 
 def test_gateway_router_with_a_mesh_attaches_the_route_to_the_models_service():
-    traffic = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}], "mesh": True}}
+    traffic = {
+        "router": "gateway-api",
+        "gateway": {"parentRefs": [{"name": "public"}], "mesh": True},
+    }
     md = make_md({"traffic": traffic})
     result = plan(md, Observed(), NOW, CONFIG)
     route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
@@ -295,7 +300,9 @@ def test_a_rolled_back_revision_is_rolling_back_until_its_pods_are_gone(canary_p
 def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_says_why():
     from modeldeploy.rollout import OPERATOR_CAUSE, Admission
 
-    md = make_md({"scaling": {"replicas": 2}}, status={"stableRevision": "old1234567", "phase": "Ready"})
+    md = make_md(
+        {"scaling": {"replicas": 2}}, status={"stableRevision": "old1234567", "phase": "Ready"}
+    )
     old_md = make_md({"scaling": {"replicas": 2}, "serving": {"image": "img:0"}})
     stable = observed_deployment(deployment_of(old_md, "old1234567", "img:0", 2))
     observed = Observed(deployments=[stable], services=[pinned_service(md, "old1234567")])
@@ -304,4 +311,6 @@ def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_s
     assert result.status["phase"] == "Ready" and "canaryRevision" not in result.status
     reconciling = {c["type"]: c for c in result.status["conditions"]}["Reconciling"]
     assert (reconciling["status"], reconciling["reason"]) == ("True", "RolloutQueued")
-    assert [o["metadata"]["name"] for o in result.apply if o["kind"] == "Deployment"] == [], "stable untouched"
+    assert [o["metadata"]["name"] for o in result.apply if o["kind"] == "Deployment"] == [], (
+        "stable untouched"
+    )
