@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster import wait_until
 from devcluster.harness import OperatorProcess, Traffic, free_port, train_models
 
 __all__ = ["OperatorProcess", "Traffic", "free_port", "kget"]
@@ -22,12 +23,19 @@ CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
 
 @pytest.fixture(scope="session")
 def crds(cluster) -> None:
-    """The generated CRD, installed with server-side apply and Established."""
+    """The generated CRD, installed with server-side apply and Established.
+
+    Polled rather than `kubectl wait`, which errors out instead of waiting while a new CRD has no
+    status conditions yet.
+    """
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io",
-        "--timeout=60s",
-    )  # fmt: skip
+
+    def established() -> bool:
+        crd = kget(cluster, "crd", "modeldeployments.modeldeploy.io")
+        conditions = crd.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 60, "the ModelDeployment CRD Established")
 
 
 @pytest.fixture

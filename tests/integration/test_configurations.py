@@ -125,8 +125,12 @@ def test_changing_port_and_model_name_in_one_update_addresses_stable_as_it_runs(
         load.stop()
     assert not s.get("lastRollback"), s.get("lastRollback")
     assert s["url"].endswith("/v2/models/fraud-v2")
-    urls = Traffic(pod_runner, "fraud").urls()
-    assert urls and all(":9090/v2/models/fraud-v2/" in u for u in urls), urls
+
+    def only_new_pods_serve() -> bool:
+        urls = Traffic(pod_runner, "fraud").urls()
+        return bool(urls) and all(":9090/v2/models/fraud-v2/" in u for u in urls)
+
+    wait_until(only_new_pods_serve, 30, "the old revision's pods gone")
 
 
 def test_an_outage_is_fixed_by_rolling_forward(

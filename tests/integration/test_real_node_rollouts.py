@@ -31,25 +31,6 @@ ROLLOUT = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def crd_established(cluster) -> None:
-    """The CRD applied and Established before the `crds` fixture's `kubectl wait`, which fails
-    instead of waiting when it runs before the new CRD has any status condition."""
-    from conftest import CRD_FILE
-
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    wait_until(
-        lambda: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in kget(cluster, "crd", "modeldeployments.modeldeploy.io")["status"].get(
-                "conditions", []
-            )
-        ),
-        60,
-        "CRD Established",
-    )
-
-
 @pytest.fixture
 def restricted(cluster, namespace) -> str:
     """The test namespace enforcing the restricted Pod Security Standard."""
