@@ -266,6 +266,11 @@ def register(
     def on_update(body: kopf.Body, **_: Any) -> None:
         run_guarded(runtime, _key(body), "update")
 
+    # Requests (promote, abort, retry, pause) arrive as annotations: see actions.py.
+    @kopf.on.update(*md, registry=registry, field="metadata.annotations")
+    def on_request(body: kopf.Body, **_: Any) -> None:
+        run_guarded(runtime, _key(body), "request")
+
     @kopf.on.event(*md, registry=registry)
     def on_model_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         # There is no finalizer (see the module docstring), so deletion is seen as a watch event:

@@ -23,6 +23,7 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .actions import ABORT, ONE_SHOT, PROMOTE, RETRY, paused, requested, retry_token
 from .api import (
     CheckOutcome,
     FailurePolicy,
@@ -100,6 +101,7 @@ class RolloutState:
     held: Hold | None = None  # the canary waits for a person to fix something that is not its own
     canary_cause: str | None = None
     queued: Hold | None = None  # an operator-caused revision waiting for a rollout slot
+    actions: dict[str, str] = field(default_factory=dict)  # request annotations acted on
     # A failure that was not rolled back because the fallback has no ready pod: (reason, message).
     no_fallback: tuple[str, str] | None = None
 
@@ -116,6 +118,7 @@ class RolloutState:
             "lastRollback": self.last_rollback,
             "rejectedRevisions": self.rejected or None,
             "history": self.history or None,
+            "actions": self.actions or None,
         }
 
 
@@ -137,10 +140,6 @@ def _dump(model: Any) -> Any:
     if isinstance(model, list):
         return [_dump(m) for m in model]
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def retry_token(md: ModelDeployment) -> str:
-    return md.spec.rollout.retry or ""
 
 
 def is_rejected(md: ModelDeployment, revision: str) -> bool:
@@ -204,6 +203,20 @@ def next_state(
     was created (the start of its rollout, for progressDeadline and time to detect);
     `admission`: whether a canary may start now (see `Admission`).
     """
+    state = _decide(md, desired, existing, evidence, now, canary_created, admission)
+    _ignore(state, md)
+    return state
+
+
+def _decide(
+    md: ModelDeployment,
+    desired: str,
+    existing: set[str],
+    evidence: Evidence,
+    now: dt.datetime,
+    canary_created: dt.datetime | None = None,
+    admission: Admission | None = None,
+) -> RolloutState:
     admission = admission or Admission()
     status = md.status
     version = md.spec.model.version
@@ -219,7 +232,14 @@ def next_state(
         stable_version=status.stable_version,
         canary_version=status.canary_version,
         canary_cause=status.canary_cause.value if status.canary_cause else None,
+        actions=_dump(status.actions) or {},
     )
+    pending = {a: token for a in ONE_SHOT if (token := requested(md, a))}
+    if RETRY in pending:
+        state.actions[RETRY] = pending.pop(RETRY)
+        state.events.append(
+            Event("Normal", "RetryRequested", "rejected revisions may be tried again")
+        )
     # Nothing to roll back to: the first revision (or one whose stable Deployment is gone) goes
     # straight in; a failure there is reported as Degraded by the planner. So does any revision
     # of a model scaled to zero on purpose: there are no users to protect and no pod to judge.
@@ -261,7 +281,41 @@ def next_state(
         )
         return state
 
+    if pending:
+        return _act(md, state, pending, now, canary_created)
     return _advance(md, state, evidence, now, canary_created)
+
+
+def _act(
+    md: ModelDeployment,
+    state: RolloutState,
+    pending: dict[str, str],
+    now: dt.datetime,
+    started: dt.datetime | None,
+) -> RolloutState:
+    """A person's promote or abort of the running canary (abort wins when both are asked)."""
+    assert state.canary is not None
+    if ABORT in pending:
+        state.actions[ABORT] = pending[ABORT]
+        message = f"aborted on request (annotation modeldeploy.io/abort={pending[ABORT]})"
+        aborted = Check("userAbort", CheckOutcome.FAILED, message=message, hard=True)
+        return _roll_back(md, state, aborted, now, started)
+    state.actions[PROMOTE] = pending[PROMOTE]
+    steps = md.spec.rollout.steps
+    skipped = len(steps) - (state.step or 0) - 1
+    note = f"on request, skipping {skipped} of {len(steps)} steps"
+    return _promote(md, state, now, started, note=note)
+
+
+def _ignore(state: RolloutState, md: ModelDeployment) -> None:
+    """Acknowledge promote/abort requests that find no canary, saying so."""
+    for action in (ABORT, PROMOTE):
+        token = requested(md, action)
+        if token and state.actions.get(action) != token and state.canary is None:
+            state.actions[action] = token
+            state.events.append(
+                Event("Normal", "RequestIgnored", f"{action}: there is no canary to {action}")
+            )
 
 
 def _entry(
@@ -416,7 +470,7 @@ def _advance(
     pods_ready = evidence.pods is not None and evidence.pods.outcome == CheckOutcome.PASSED
     if gates_ok and pods_ready and not evidence.fallback_ready:
         return _promote(md, state, now, canary_created, rolled_forward=True)
-    if md.spec.rollout.paused:
+    if paused(md):
         state.paused = True
         return state
 
@@ -482,6 +536,7 @@ def _promote(
     now: dt.datetime,
     started: dt.datetime | None,
     rolled_forward: bool = False,
+    note: str = "",
 ) -> RolloutState:
     """The canary becomes stable. `rolled_forward`: stable had no ready pod, so the canary was
     promoted on its own checks without walking the steps (and the broken revision is not kept
@@ -491,9 +546,11 @@ def _promote(
     how = f"promoted over {old}"
     if rolled_forward:
         how += f" without steps: {old} had no ready pod"
+    if note:
+        how += f" {note}"
     entry = _entry(md, state.canary, RolloutOutcome.PROMOTED, now, how, started)
     state.history = _history(state, entry)
-    reason = "RolledForward" if rolled_forward else "Promoted"
+    reason = "RolledForward" if rolled_forward else "PromotedOnRequest" if note else "Promoted"
     state.events.append(Event("Normal", reason, f"revision {state.canary} is stable: {how}"))
     state.stable, state.stable_version = state.canary, state.canary_version
     state.canary, state.analysis, state.step, state.step_started_at, state.weight = (
@@ -618,4 +675,5 @@ def _reason(check: Check) -> str:
         "smokeTests": "SmokeTestsFailed",
         "requests": "NotEnoughTraffic",
         "metrics": "MetricsUnavailable",
+        "userAbort": "Aborted",
     }.get(check.name, "CheckFailed")

@@ -200,6 +200,15 @@ class HistoryEntry(StatusModel):
     message: Message | None = Field(default=None, description="Human-readable summary.")
 
 
+class ActionsStatus(StatusModel):
+    """The value of each one-shot request annotation (modeldeploy.io/promote, abort, retry) the
+    operator has acted on; a different value is a new request."""
+
+    promote: ShortText | None = Field(default=None, description="Last promote request handled.")
+    abort: ShortText | None = Field(default=None, description="Last abort request handled.")
+    retry: ShortText | None = Field(default=None, description="Last retry request handled.")
+
+
 class ModelDeploymentStatus(StatusModel):
     """Observed state, rollout progress and health evidence."""
 
@@ -266,6 +275,9 @@ class ModelDeploymentStatus(StatusModel):
     )
     history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(
         default_factory=list, description=f"The last {MAX_HISTORY} finished rollouts, newest first."
+    )
+    actions: ActionsStatus | None = Field(
+        default=None, description="Requests made through annotations that have been acted on."
     )
     url: Annotated[str, Field(max_length=2048)] | None = Field(
         default=None, description="In-cluster base URL of the inference endpoint."
