@@ -53,12 +53,14 @@ test-unit: venv ## Run the fast tests that need no cluster and no network.
 CRD_FILE := crds/modeldeploy.io_modeldeployments.yaml
 
 .PHONY: crds
-crds: venv ## Generate the ModelDeployment CRD from the pydantic models (operator/modeldeploy/api).
+crds: venv ## Generate the ModelDeployment CRD from the pydantic models (operator/modeldeploy/api), and the chart's copy.
 	$(PY) -m modeldeploy.api.crd $(CRD_FILE)
+	$(PY) hack/generate.py
 
 .PHONY: check-crds
-check-crds: venv ## Fail with a diff when the committed CRD differs from the generated one.
+check-crds: venv ## Fail with a diff when the committed CRD (or a file generated from it) differs.
 	$(PY) -m modeldeploy.api.crd --check $(CRD_FILE)
+	$(PY) hack/generate.py --check
 
 ##@ Monitoring and Helm
 # promtool and helm live in the binary cache beside the control plane (hack/build-control-plane.sh).
