@@ -52,14 +52,17 @@ def pod_cidr() -> str:
     return f"127.{random.randint(64, 127)}.{random.randint(0, 15) * 16}.0/20"
 
 
-# Every write (create/update/patch/delete) is recorded with its user agent in <dir>/audit.log, so a
-# test can count the API writes a component makes instead of trusting the component's own numbers.
+# Every request (reads and writes) is recorded with its verb, URI and user agent in
+# <dir>/audit.log, so a test can count the API calls a component makes — and see the label
+# selector on its watches — instead of trusting the component's own numbers.
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+READ_VERBS = frozenset({"get", "list", "watch"})
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
-        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "Metadata", "verbs": sorted(WRITE_VERBS | READ_VERBS)},
         {"level": "None"},
     ],
 }
@@ -205,6 +208,21 @@ class LocalCluster:
         return run_kubectl(
             self.binaries.kubectl, self.kubeconfig, *args, input=input, check=check, timeout=timeout
         )
+
+    def audit(self, since: int = 0, verbs: frozenset[str] | None = None) -> list[dict]:
+        """Audit records from byte offset `since` on (see `audit_size`), of `verbs` if given."""
+        records = []
+        with self.audit_log.open() as log:
+            log.seek(since)
+            for line in log:
+                if line.strip():
+                    record = json.loads(line)
+                    if verbs is None or record.get("verb") in verbs:
+                        records.append(record)
+        return records
+
+    def audit_size(self) -> int:
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
     def memory_mib(self) -> dict[str, float]:
         """Resident memory of each running component, in MiB."""

@@ -23,6 +23,14 @@ class OperatorConfig:
     log_format: str = "json"
     # Where the operator keeps its credential Secret. Empty: the pod's own namespace.
     operator_namespace: str = ""
+    # Threads running passes; a pass waits mostly on the network, so a few go a long way.
+    workers: int = 4
+    # Several replicas elect a leader on a Lease in the operator's namespace.
+    leader_election: bool = True
+    lease_seconds: float = 15.0
+    # A label selector on ModelDeployments, applied by the API server: operators with disjoint
+    # selectors split one cluster's fleet.
+    selector: str = ""
     # Rollouts the operator causes itself (new default image, template, credential) at a time.
     max_concurrent_rollouts: int = 10
     # /healthz fails when the resync loop shows no sign of life for this long.
@@ -49,6 +57,16 @@ class OperatorConfig:
                 raise ValueError(f"{name}={raw!r} must be positive")
             return value
 
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if raw == "":
+                return default
+            if raw in ("true", "1", "yes", "on"):
+                return True
+            if raw in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(f"{name}={raw!r}: use true or false")
+
         namespaces = tuple(
             n.strip() for n in env.get("MODELDEPLOY_NAMESPACES", "").split(",") if n.strip()
         )
@@ -64,6 +82,10 @@ class OperatorConfig:
             cluster_domain=env.get("MODELDEPLOY_CLUSTER_DOMAIN") or defaults.cluster_domain,
             log_format=log_format,
             operator_namespace=env.get("MODELDEPLOY_OPERATOR_NAMESPACE", "").strip(),
+            workers=int(number("MODELDEPLOY_WORKERS", defaults.workers, int)),
+            leader_election=flag("MODELDEPLOY_LEADER_ELECTION", defaults.leader_election),
+            lease_seconds=number("MODELDEPLOY_LEASE_SECONDS", defaults.lease_seconds, float),
+            selector=env.get("MODELDEPLOY_SELECTOR", "").strip(),
             max_concurrent_rollouts=int(
                 number("MODELDEPLOY_MAX_CONCURRENT_ROLLOUTS", defaults.max_concurrent_rollouts, int)
             ),

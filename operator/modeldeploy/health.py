@@ -1,6 +1,6 @@
 """The operator's health endpoints, for the kubelet's probes and for people.
 
-- `/healthz` (liveness) fails when the resync loop has shown no sign of life for
+- `/healthz` (liveness) fails when a worker has been stuck in one pass for
   `MODELDEPLOY_STUCK_SECONDS`: a restart can cure a stuck thread. It stays healthy while the API
   server is unreachable — restarting the operator cannot fix the API server, and a restart loop
   would only add load when it comes back.
@@ -30,17 +30,17 @@ class Verdict:
     detail: dict[str, Any]
 
 
-def liveness(now: float, heartbeat: tuple[float, str], stuck_after: float) -> Verdict:
-    """Alive unless the resync loop's last sign of life is older than `stuck_after` seconds.
+def liveness(now: float, busiest: tuple[float, str], stuck_after: float) -> Verdict:
+    """Alive unless a worker has been in the same pass for more than `stuck_after` seconds.
 
-    Example: heartbeat 130 s ago while "pass of ml/fraud (timer)", stuck_after 120 → not alive,
-    naming that pass.
+    Example: a worker in "pass of ml/fraud" for 130 s, stuck_after 120 → not alive, naming that
+    pass.
     """
-    since, activity = heartbeat
+    since, activity = busiest
     age = now - since
     if age > stuck_after:
-        return Verdict(False, {"resync": f"stuck for {age:.0f}s in {activity}"})
-    return Verdict(True, {"resync": f"{activity}, {age:.1f}s ago"})
+        return Verdict(False, {"workers": f"stuck for {age:.0f}s in {activity}"})
+    return Verdict(True, {"workers": f"{activity} for {age:.1f}s"})
 
 
 def readiness(now: float, down_since: float | None, last_error: str) -> Verdict:
@@ -58,7 +58,7 @@ def serve_health(runtime: Runtime, port: int, host: str = "0.0.0.0") -> Threadin
         def do_GET(self) -> None:
             now = time.monotonic()
             if self.path == "/healthz":
-                verdict = liveness(now, runtime.heartbeat, runtime.config.stuck_seconds)
+                verdict = liveness(now, runtime.busiest(), runtime.config.stuck_seconds)
             elif self.path == "/readyz":
                 reach = runtime.kube.reachability if runtime.kube else None
                 verdict = readiness(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ PLURALS = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("modeldeploy.io/v1alpha1", "ModelDeployment"): "modeldeployments",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
 }
 
 
@@ -121,6 +123,38 @@ class Kube:
             raise ApiException(status=response.status, reason=response.reason, body=data)
         return json.loads(data) if data else {}
 
+    def get_path(self, path: str, query: list[tuple[str, Any]]) -> dict[str, Any]:
+        """GET an API path (a list page, say) as a dict."""
+        return self._call("GET", path, query=query)
+
+    def watch_path(
+        self, path: str, query: list[tuple[str, Any]], read_timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        """The events of a watch request, as they arrive."""
+        from .informer import parse_lines
+
+        self.metrics.api_reads.inc()
+        method, url, headers, payload, post = self.api.param_serialize(
+            "GET", path, query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )  # fmt: skip
+        try:
+            response = self.api.call_api(
+                method, url, headers, payload, post,
+                _request_timeout=(REQUEST_TIMEOUT[0], read_timeout),
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            self.reachability.failed(f"{type(error).__name__}: {error}"[:300])
+            raise
+        raw = response.response
+        try:
+            if response.status != 200:
+                raise ApiException(status=response.status, reason=response.reason, body=raw.data)
+            self.reachability.ok()
+            yield from parse_lines(raw.stream(65536))
+        finally:
+            raw.release_conn()
+
     def list_objects(
         self, api_version: str, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:
@@ -171,6 +205,12 @@ class Kube:
         path = collection_path(obj["apiVersion"], obj["kind"], meta["namespace"])
         return self._call("POST", path, body=obj)
 
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """PUT `obj`; with metadata.resourceVersion set, a concurrent change makes it fail (409)."""
+        meta = obj["metadata"]
+        path = collection_path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        return self._call("PUT", f"{path}/{meta['name']}", body=obj)
+
     def merge_patch(self, obj: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch with `obj`: lists are replaced whole, unlike server-side apply."""
         meta = obj["metadata"]
@@ -219,12 +259,27 @@ class Kube:
         }
         self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the ModelDeployment's status subresource (never its spec)."""
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch the ModelDeployment's status subresource (never its spec); returns the
+        object as stored.
+
+        With `resource_version`, the write applies only to that version of the object: a writer
+        that planned from a stale copy (a replica that lost the lease, a cache behind the
+        server) gets 409 Conflict instead of overwriting newer status.
+        """
         path = collection_path("modeldeploy.io/v1alpha1", "ModelDeployment", namespace)
-        self._call(
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self._call(
             "PATCH",
             f"{path}/{name}/status",
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
         )

@@ -1,21 +1,22 @@
 """Process-wide state the operator's threads share, and who owns what.
 
 Threads:
-- kopf's handler threads (up to `execution.max_workers`) run passes for create, update, resume
-  and child events;
-- the resync thread (`handlers.resync_forever`) runs the periodic pass over every object and the
-  requeued passes of canaries whose analysis or step is due, and retries failed passes;
-- the metrics and health servers' threads only read.
+- kopf's watch of ModelDeployments (its handler threads) puts each object into `models` and
+  queues it when its spec, annotations or deletion changed;
+- one reflector thread per child kind (informer.py) keeps `children` current and queues owners;
+- the sweep thread queues every cached object each resync period (no API call);
+- `config.workers` worker threads take keys from `queue` and run passes, only while this replica
+  leads (`leading`);
+- the leader-election thread (leader.py); the metrics and health servers' threads only read.
 
 Ownership:
-- one pass per ModelDeployment at a time: `lock(key)`; different objects run in parallel;
-- every map below (phases, due times, failure counts, per-object locks) is read and written only
-  under `_guard`, and never iterated outside it;
-- `snapshots` (evidence.Snapshots) and `slots` (reconcile.RolloutSlots) have their own locks;
-  prometheus_client metrics are thread-safe.
+- one pass per ModelDeployment at a time: the work queue never hands a key to two workers;
+- `models`, `children`, `queue`, `snapshots`, `slots` each carry their own lock;
+- `_phases` and `_failures` are read and written only under `_guard`, never iterated outside it;
+- prometheus_client metrics are thread-safe.
 
 `forget(key)` drops everything held for a ModelDeployment once it is deleted, so a deleted
-object is neither fetched again nor left in the gauges.
+object is neither worked on again nor left in the gauges.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .api import Phase
+from .api import GROUP, KIND, VERSION, Phase
 from .config import OperatorConfig
 from .credential import Credential
 from .evidence import Snapshots
+from .informer import ChildCache, Store
 from .kube import Kube
+from .leader import LeaderElector
 from .metrics import OperatorMetrics
 from .reconcile import RolloutSlots
+from .workqueue import WorkQueue
 
 Key = tuple[str, str]  # (namespace, name)
 MAX_BACKOFF_SECONDS = 60.0
@@ -49,22 +53,25 @@ def backoff_seconds(failures: int) -> float:
 
 @dataclass
 class Runtime:
-    """Settings, the API client, metrics and the shared maps (see the module docstring)."""
+    """Settings, the API client, caches, the work queue and metrics (see the module docstring)."""
 
     config: OperatorConfig
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     kube: Kube | None = None
     credential: Credential | None = None
+    elector: LeaderElector | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    leading: threading.Event = field(default_factory=threading.Event)
+    models: Store = field(default_factory=lambda: Store(f"{GROUP}/{VERSION}", KIND))
+    children: ChildCache = field(default_factory=ChildCache)
+    queue: WorkQueue = field(default_factory=WorkQueue)
     snapshots: Snapshots = field(default_factory=Snapshots)
     slots: RolloutSlots = field(init=False)
-    # The resync thread's last sign of life (monotonic) and what it was doing then.
-    heartbeat: tuple[float, str] = field(default_factory=lambda: (time.monotonic(), "starting"))
+    # Each worker's current activity and since when (monotonic), for /healthz.
+    activity: dict[str, tuple[float, str]] = field(default_factory=dict)
     _phases: dict[Key, str] = field(default_factory=dict)
-    _due: dict[Key, float] = field(default_factory=dict)
     _failures: dict[Key, int] = field(default_factory=dict)
-    _locks: dict[Key, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -74,13 +81,14 @@ class Runtime:
     def tokens(self) -> tuple[str, ...]:
         return self.credential.tokens if self.credential else ()
 
-    def lock(self, key: Key) -> threading.Lock:
-        """Timer, change and child handlers may run at once; one pass per object at a time."""
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+    def beat(self, worker: str, activity: str) -> None:
+        """Record what `worker` is doing from now on."""
+        self.activity[worker] = (time.monotonic(), activity)
 
-    def beat(self, activity: str) -> None:
-        self.heartbeat = (time.monotonic(), activity)
+    def busiest(self) -> tuple[float, str]:
+        """The longest-running activity of any worker that is not idle, else (now, "idle")."""
+        busy = [(since, what) for since, what in list(self.activity.values()) if what != "idle"]
+        return min(busy) if busy else (time.monotonic(), "idle")
 
     def record_phase(self, key: Key, phase: str | None) -> None:
         """Remember the object's phase and publish the count per phase (0 for unused phases,
@@ -96,27 +104,12 @@ class Runtime:
         for value, count in counts.items():
             self.metrics.by_phase.labels(phase=value).set(count)
 
-    def schedule(self, key: Key, after: float | None) -> None:
-        """Run the object's next pass `after` seconds from now (None: only on events/resync)."""
-        with self._guard:
-            if after is None:
-                self._due.pop(key, None)
-            else:
-                self._due[key] = time.monotonic() + after
-
-    def due_now(self) -> list[Key]:
-        now = time.monotonic()
-        with self._guard:
-            return [key for key, due in self._due.items() if due <= now]
-
     def failed(self, key: Key) -> float:
-        """Count a failed pass and schedule the retry; returns the back-off in seconds."""
+        """Count a failed pass; returns the back-off before retrying it, in seconds."""
         with self._guard:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-        delay = backoff_seconds(failures)
-        self.schedule(key, delay)
-        return delay
+        return backoff_seconds(failures)
 
     def succeeded(self, key: Key) -> None:
         with self._guard:
@@ -126,18 +119,13 @@ class Runtime:
         with self._guard:
             return self._failures.get(key, 0)
 
-    def known(self) -> set[Key]:
-        """Every object the operator holds state for."""
-        with self._guard:
-            return set(self._phases) | set(self._due) | set(self._failures)
-
     def forget(self, key: Key) -> None:
-        """Drop all state of a deleted ModelDeployment: schedule, backoff, lock, phase, gauges
-        and metric snapshots."""
+        """Drop all state of a deleted ModelDeployment: queue entries, back-off, phase, gauges,
+        metric snapshots and its rollout slot."""
+        self.queue.forget(key)
+        self.models.delete(*key)
         with self._guard:
-            self._due.pop(key, None)
             self._failures.pop(key, None)
-            self._locks.pop(key, None)
         self.record_phase(key, None)
         with contextlib.suppress(KeyError):  # it may never have had a canary gauge
             self.metrics.canary_weight.remove(*key)

@@ -43,6 +43,7 @@ import pytest
 import yaml
 from conftest import OperatorProcess, free_port, kget
 from devcluster import run_kubectl, wait_until
+from devcluster.cluster import WRITE_VERBS
 
 pytestmark = pytest.mark.cluster
 
@@ -81,6 +82,13 @@ CREDENTIAL_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
 ]
 
+# And leader election among the replicas: Leases in its own namespace.
+LEADER_ELECTION = "modeldeploy-operator-leader-election"
+LEADER_ELECTION_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["get", "create", "update"]},
+]  # fmt: skip
+
 # The RBAC authorizer's refusal, wherever it is quoted (kopf's log line, an ApiException body).
 RBAC_DENIAL = re.compile(r"cannot [a-z]+ resource")
 
@@ -105,7 +113,8 @@ def operator_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    """The operator's settings (plain values; POD_NAME comes from the downward API)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -264,7 +273,7 @@ def whoami(cluster, kubeconfig: Path) -> str:
 
 
 def audit_entries(cluster, user: str) -> list[dict[str, Any]]:
-    """The embedded API server's audit records (every write, allowed or not) made by `user`."""
+    """The embedded API server's audit records (every request, allowed or not) made by `user`."""
     entries = []
     for line in Path(cluster.local.audit_log).read_text().splitlines():
         entry = json.loads(line)
@@ -336,9 +345,11 @@ def check_audit(cluster, install: Install) -> None:
             e["objectRef"].get("subresource"),
         )
         for e in entries
+        if e["verb"] in WRITE_VERBS
     }
     assert ("modeldeploy.io", "modeldeployments", None) not in writes, writes
-    for group, resource, subresource in writes - {("", "secrets", None)}:
+    own_namespace = {("", "secrets", None), ("coordination.k8s.io", "leases", None)}
+    for group, resource, subresource in writes - own_namespace:
         full = f"{resource}/{subresource}" if subresource else resource
         assert any(g == group and r == full for g, r, _ in EXPECTED_RULES), (group, full)
 
@@ -381,11 +392,20 @@ def test_rbac_is_exactly_the_table_without_wildcards(cluster, overlay: str) -> N
     assert credential_binding["subjects"] == [
         {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": OPERATOR_NAMESPACE}
     ]
-    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole") and o is not credential]
+    election = only(objs, "Role", LEADER_ELECTION)
+    assert election["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert election["rules"] == LEADER_ELECTION_RULES
+    election_binding = only(objs, "RoleBinding", LEADER_ELECTION)
+    assert election_binding["roleRef"]["name"] == LEADER_ELECTION
+    assert election_binding["subjects"] == credential_binding["subjects"]
+    own = (credential, credential_binding, election, election_binding)
+    roles = [
+        o for o in objs if o["kind"] in ("Role", "ClusterRole") and all(o is not x for x in own)
+    ]
     bindings = [
         o
         for o in objs
-        if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and o is not credential_binding
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and all(o is not x for x in own)
     ]
     assert {o["kind"] for o in roles} == {kind} and {o["kind"] for o in bindings} == {binding_kind}
 
@@ -425,8 +445,12 @@ def test_operator_deployment_is_restricted_and_consistent(cluster) -> None:
     deployment = only(objs, "Deployment", "modeldeploy-operator")
     assert deployment["metadata"]["namespace"] == OPERATOR_NAMESPACE
     spec = deployment["spec"]
-    # kopf runs standalone: never two operators, not even during an upgrade.
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    # Two replicas electing a leader; an upgrade brings the new one up before the old goes.
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pdb = only(objs, "PodDisruptionBudget", "modeldeploy-operator")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == ACCOUNT
     only(objs, "ServiceAccount", ACCOUNT)
@@ -458,6 +482,9 @@ def test_operator_deployment_is_restricted_and_consistent(cluster) -> None:
     # The env parses as the operator would parse it, and the ports and probe agree with it.
     env = env_of(container)
     assert all(name.startswith("MODELDEPLOY_") for name in env)
+    # The replica's name in the Lease, from the downward API.
+    [pod_name] = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     config = OperatorConfig.from_env(env)
     assert config.serving_image == env["MODELDEPLOY_SERVING_IMAGE"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -818,7 +845,7 @@ def test_service_account_is_no_broader_than_needed(cluster, namespace, overlay: 
             o
             for o in install.objects
             if o["kind"] == ("ClusterRole" if install.clusterwide else "Role")
-            and o["metadata"]["name"] != CREDENTIAL
+            and o["metadata"]["name"] not in (CREDENTIAL, LEADER_ELECTION)
         )
         args = [kind, role["metadata"]["name"]]
         args += [] if install.clusterwide else ["-n", namespace]

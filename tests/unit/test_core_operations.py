@@ -64,10 +64,10 @@ def test_backoff_doubles_to_a_minute():
     assert [backoff_seconds(n) for n in (1, 2, 3, 7, 50)] == [1, 2, 4, 60, 60]
 
 
-def test_liveness_fails_only_when_the_resync_loop_is_stuck():
+def test_liveness_fails_only_when_a_worker_is_stuck_in_one_pass():
     assert liveness(100.0, (90.0, "idle"), 120).ok
-    stuck = liveness(300.0, (100.0, "timer pass of ml/fraud"), 120)
-    assert not stuck.ok and stuck.detail["resync"] == "stuck for 200s in timer pass of ml/fraud"
+    stuck = liveness(300.0, (100.0, "pass of ml/fraud"), 120)
+    assert not stuck.ok and stuck.detail["workers"] == "stuck for 200s in pass of ml/fraud"
 
 
 def test_readiness_names_how_long_the_api_server_has_been_unreachable():

@@ -1,0 +1,127 @@
+"""The passes themselves: workers that take keys from the queue, and the periodic sweep.
+
+A pass reads the ModelDeployment and its children from the caches (no API read), gathers the
+evidence its phase needs, plans, applies what differs and writes status once — with the object's
+resourceVersion, so a pass that planned from a stale copy is simply run again. A failed pass
+logs one line and comes back with back-off; a due analysis or step comes back exactly when due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kubernetes.client.exceptions import ApiException
+
+from .reconcile import PassContext, PassResult, StaleRead, reconcile
+from .runtime import Key, Runtime
+from .workqueue import SWEEP, ShutDown
+
+log = logging.getLogger("modeldeploy")
+IDLE_BEAT_SECONDS = 1.0
+STALE_RETRY_SECONDS = 0.2
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the log: what failed, without a traceback (a retry follows)."""
+    if isinstance(error, ApiException):
+        if not error.status:  # the client's own failure (TLS, connection), no HTTP answer
+            reason = " ".join(str(error.reason).split())
+            return f"no answer from the API server: {reason}"[:300]
+        return f"API server answered {error.status} {error.reason}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def run_pass(runtime: Runtime, key: Key) -> PassResult | None:
+    """Reconcile the ModelDeployment `key` once, with metrics and Events; raises on failure."""
+    assert runtime.kube is not None
+    namespace, name = key
+    body = runtime.models.get(namespace, name)
+    if body is None:
+        runtime.forget(key)
+        return None
+    if body["metadata"].get("deletionTimestamp"):
+        return None  # going away with its children; the watch's DELETED event forgets it
+    context = PassContext(runtime.snapshots, runtime.tokens, runtime.slots, runtime.children)
+    with runtime.metrics.reconcile_seconds.time():
+        result = reconcile(runtime.kube, runtime.config, body, runtime.clock(), context)
+    if result.stored is not None:
+        runtime.models.put(result.stored)  # write-through: the next pass plans from it
+    runtime.succeeded(key)
+    runtime.record_phase(key, result.plan.status.get("phase"))
+    weight = result.plan.status.get("effectiveWeight")
+    runtime.metrics.canary_weight.labels(namespace=namespace, name=name).set(weight or 0)
+    if any(event.reason == "RolledBack" for event in result.events):
+        record = result.plan.status.get("lastRollback", {})
+        reason = record.get("check", "unknown")
+        runtime.metrics.rollbacks.labels(reason=reason).inc()
+        detect = str(record.get("timeSinceStart", "")).removesuffix("s")
+        if detect.replace(".", "", 1).isdigit():
+            runtime.metrics.time_to_rollback.labels(reason=reason).observe(float(detect))
+    stamp = runtime.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+    for event in result.events:
+        try:
+            runtime.kube.post_event(body, event.type, event.reason, event.message, stamp)
+        except Exception:  # an Event is a courtesy; losing one must not fail the pass
+            log.warning("could not post event %s on %s/%s", event.reason, *key)
+    if result.plan.writes or result.status_written:
+        log.info(
+            "reconciled %s/%s: %d applied, %d deleted, status %s, %.0f ms",
+            *key, len(result.plan.apply), len(result.plan.delete),
+            "written" if result.status_written else "unchanged", result.seconds * 1000,
+        )  # fmt: skip
+    return result
+
+
+def work(runtime: Runtime, name: str) -> None:
+    """One worker: while this replica leads, take a key, run its pass, schedule what follows."""
+    queue = runtime.queue
+    while not runtime.stop.is_set():
+        runtime.beat(name, "idle")
+        if not runtime.leading.wait(IDLE_BEAT_SECONDS):
+            continue
+        try:
+            key = queue.get(timeout=IDLE_BEAT_SECONDS)
+        except ShutDown:
+            return
+        if key is None:
+            continue
+        assert isinstance(key, tuple)
+        runtime.beat(name, f"pass of {key[0]}/{key[1]}")
+        try:
+            result = run_pass(runtime, key)
+        except StaleRead:
+            runtime.metrics.reconciles.labels(trigger="queue", result="stale").inc()
+            queue.add_after(key, STALE_RETRY_SECONDS)
+        except Exception as error:
+            runtime.metrics.reconciles.labels(trigger="queue", result="error").inc()
+            delay = runtime.failed(key)
+            log.warning(
+                "pass of %s/%s failed (%d in a row), retrying in %.0fs: %s",
+                *key, runtime.failures(key), delay, describe_error(error),
+            )  # fmt: skip
+            queue.add_after(key, delay)
+        else:
+            runtime.metrics.reconciles.labels(trigger="queue", result="ok").inc()
+            if result is not None and result.plan.requeue_after is not None:
+                queue.add_after(key, result.plan.requeue_after)
+        finally:
+            queue.done(key)
+
+
+def sweep_forever(runtime: Runtime) -> None:
+    """The level-based safety net: every resync period, queue every cached ModelDeployment behind
+    the urgent work, so drift that raised no event is still repaired. It reads the caches only:
+    an idle fleet costs no API call."""
+    while not runtime.stop.wait(runtime.config.resync_seconds):
+        if runtime.leading.is_set():
+            for key in runtime.models.names():
+                runtime.queue.add(key, SWEEP)
+
+
+def start_workers(runtime: Runtime) -> None:
+    for index in range(runtime.config.workers):
+        name = f"worker-{index}"
+        threading.Thread(target=work, args=(runtime, name), name=name, daemon=True).start()
+    threading.Thread(target=sweep_forever, args=(runtime,), name="sweep", daemon=True).start()
