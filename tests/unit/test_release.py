@@ -62,7 +62,7 @@ def test_image_tags_are_the_version() -> None:
     deployment = yaml.safe_load((REPO / "manifests" / "base" / "deployment.yaml").read_text())
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghcr.io/modeldeploy/operator:{VERSION}"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MODELDEPLOY_SERVING_IMAGE"] == DEFAULT_SERVING_IMAGE
 
 
