@@ -33,7 +33,7 @@ from .config import OperatorConfig
 from .credential import SECRET_NAME, load_or_create, operator_namespace
 from .health import serve_health
 from .kube import Kube
-from .leader import LEASE_NAME, LeaderElector
+from .leader import LEASE_NAME, LeaderElector, default_identity
 from .runtime import Key, Runtime, backoff_seconds
 from .workers import describe_error, start_workers
 from .workqueue import SWEEP
@@ -170,7 +170,7 @@ def register(
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_settings(settings, runtime.config)
         if runtime.kube is None:
-            runtime.kube = Kube.from_environment(runtime.metrics)
+            runtime.kube = Kube.from_environment(runtime.metrics, default_identity())
         if serve_metrics:
             start_http_server(runtime.config.metrics_port, registry=runtime.metrics.registry)
             log.info("metrics on :%d/metrics", runtime.config.metrics_port)

@@ -75,8 +75,12 @@ class Kube:
     reachability: Reachability = field(default_factory=Reachability)
 
     @classmethod
-    def from_environment(cls, metrics: OperatorMetrics) -> Kube:
-        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    def from_environment(cls, metrics: OperatorMetrics, identity: str = "") -> Kube:
+        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+        `identity` (the leader-election identity) goes into the User-Agent, so the API server's
+        audit log tells which replica made a request.
+        """
         configuration = k8s.Configuration()
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
@@ -86,7 +90,7 @@ class Kube:
         # unreachable server cannot multiply every timeout by urllib3's default retries.
         configuration.retries = False
         api = k8s.ApiClient(configuration)
-        api.user_agent = USER_AGENT
+        api.user_agent = f"{USER_AGENT} ({identity})" if identity else USER_AGENT
         return cls(api, metrics)
 
     def _call(

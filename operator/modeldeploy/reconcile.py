@@ -275,9 +275,8 @@ def reconcile(
     except InvalidModelDeployment as error:
         log.warning("cannot read %s/%s: %s", namespace, name, error)
         patch = status_patch(body.get("status"), invalid_status(body, error, now))
-        if patch:
-            kube.patch_status(namespace, name, patch)
-        return PassResult(Plan(), patch is not None, time.monotonic() - started)
+        stored = write_status(kube, body, patch) if patch else None
+        return PassResult(Plan(), patch is not None, time.monotonic() - started, stored)
 
     if context.children is not None:
         observed = observe(context.children, namespace, name)
@@ -326,16 +325,30 @@ def reconcile(
         if context.children is not None:
             context.children.forget(ref.kind, namespace, ref.name)
     patch = status_patch(body.get("status"), result.status)
-    stored = None
-    if patch is not None:
-        try:
-            stored = kube.patch_status(namespace, name, patch, meta.get("resourceVersion"))
-        except ApiException as error:
-            if error.status == 409:
-                raise StaleRead(f"{namespace}/{name} changed since this pass read it") from error
-            if error.status != 404:
-                raise
-            # Deleted while this pass ran: its children go with it (owner references).
-            log.info("%s/%s was deleted during the pass", namespace, name)
-            return PassResult(Plan(), False, time.monotonic() - started)
-    return PassResult(result, patch is not None, time.monotonic() - started, stored)
+    if patch is None:
+        return PassResult(result, False, time.monotonic() - started)
+    stored = write_status(kube, body, patch)
+    if stored is None:
+        return PassResult(Plan(), False, time.monotonic() - started)
+    return PassResult(result, True, time.monotonic() - started, stored)
+
+
+def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any] | None:
+    """Write `patch` to the status of exactly the version of the object the pass read; returns
+    the object as stored, or None when it was deleted meanwhile.
+
+    Raises StaleRead on 409: someone wrote since (another replica, the user), and merging our
+    plan into their newer status could undo theirs.
+    """
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        return kube.patch_status(namespace, name, patch, meta.get("resourceVersion"))
+    except ApiException as error:
+        if error.status == 409:
+            raise StaleRead(f"{namespace}/{name} changed since this pass read it") from error
+        if error.status != 404:
+            raise
+        # Deleted while this pass ran: its children go with it (owner references).
+        log.info("%s/%s was deleted during the pass", namespace, name)
+        return None

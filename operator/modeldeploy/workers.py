@@ -2,7 +2,8 @@
 
 A pass reads the ModelDeployment and its children from the caches (no API read), gathers the
 evidence its phase needs, plans, applies what differs and writes status once — with the object's
-resourceVersion, so a pass that planned from a stale copy is simply run again. A failed pass
+resourceVersion, so a pass that planned from a stale copy loses (409) instead of overwriting, and
+is run again from the object as the API server holds it now. A failed pass
 logs one line and comes back with back-off; a due analysis or step comes back exactly when due.
 """
 
@@ -13,6 +14,7 @@ import threading
 
 from kubernetes.client.exceptions import ApiException
 
+from .api import API_VERSION, KIND
 from .reconcile import PassContext, PassResult, StaleRead, reconcile
 from .runtime import Key, Runtime
 from .workqueue import SWEEP, ShutDown
@@ -74,6 +76,22 @@ def run_pass(runtime: Runtime, key: Key) -> PassResult | None:
     return result
 
 
+def refresh(runtime: Runtime, key: Key) -> None:
+    """After a 409, put the object as the API server holds it now into the cache: one read, so
+    the retry plans from fresh state even when the watch event that carries it is still on its
+    way (or the conflict came from a write this replica never sees, like a stale leader's)."""
+    assert runtime.kube is not None
+    try:
+        fresh = runtime.kube.get(API_VERSION, KIND, *key)
+    except Exception as error:  # the watch brings the new version anyway; retry on its copy
+        log.warning("could not re-read %s/%s after a conflict: %s", *key, describe_error(error))
+        return
+    if fresh is None:
+        runtime.forget(key)
+    else:
+        runtime.models.put(fresh)
+
+
 def work(runtime: Runtime, name: str) -> None:
     """One worker: while this replica leads, take a key, run its pass, schedule what follows."""
     queue = runtime.queue
@@ -93,6 +111,8 @@ def work(runtime: Runtime, name: str) -> None:
             result = run_pass(runtime, key)
         except StaleRead:
             runtime.metrics.reconciles.labels(trigger="queue", result="stale").inc()
+            log.info("%s/%s changed since its pass read it (409): re-read, run again", *key)
+            refresh(runtime, key)
             queue.add_after(key, STALE_RETRY_SECONDS)
         except Exception as error:
             runtime.metrics.reconciles.labels(trigger="queue", result="error").inc()
