@@ -140,7 +140,9 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.posting.enabled = False  # our Events come from the passes
     settings.execution.max_workers = 4
     if config.selector:
-        settings.watching.label_selectors[f"{GROUP}/{PLURAL}"] = config.selector
+        # A (group, plural) key: kopf would parse "modeldeploy.io/modeldeployments" as the
+        # resource "modeldeploy" of a group "io/modeldeployments" and match nothing.
+        settings.watching.label_selectors[GROUP, PLURAL] = config.selector
     # Re-open watches regularly so a silently dropped connection cannot leave us blind for long.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -34,3 +34,20 @@ def test_values_are_parsed():
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(ValueError, match=fragment):
         OperatorConfig.from_env(env)
+
+
+def test_the_selector_reaches_kopfs_watch_of_modeldeployments():
+    """kopf sends settings.watching.label_selectors to the API server as labelSelector; the key
+    must match the ModelDeployment resource (a "group/plural" string does not)."""
+    import kopf
+    from kopf._cogs.structs.references import Resource
+    from modeldeploy.handlers import configure_settings
+
+    settings = kopf.OperatorSettings()
+    configure_settings(settings, OperatorConfig.from_env({"MODELDEPLOY_SELECTOR": "shard=a"}))
+    modeldeployments = Resource(
+        "modeldeploy.io", "v1alpha1", "modeldeployments", kind="ModelDeployment", namespaced=True
+    )
+    deployments = Resource("apps", "v1", "deployments", kind="Deployment", namespaced=True)
+    assert settings.watching.label_selectors.collect(modeldeployments) == ["shard=a"]
+    assert settings.watching.label_selectors.collect(deployments) == []
