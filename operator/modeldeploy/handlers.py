@@ -8,6 +8,12 @@ events put each object into the cache and queue it when its spec, annotations (r
 actions.py) or deletion changed; status-only changes (our own writes) queue nothing. Children
 come from our own server-side filtered watches (informer.py).
 
+What kopf filters where (kopf 1.45.2, as installed): `settings.watching.label_selectors` goes to
+the API server as the list's and watch's `labelSelector` (kopf/_cogs/clients/watching.py and
+fetching.py), while a handler's `labels=` filter is matched client-side, after every object has
+been received (`_matches_labels` in kopf/_core/intents/registries.py). So the selector goes into
+the settings, never into a handler filter.
+
 No kopf handler writes anything: there are no create/update handlers (so no `status.kopf`
 bookkeeping and no annotations that GitOps tools would see as drift) and no finalizer (children go
 with their owner through garbage collection, and `kubectl delete` never hangs on a stopped
