@@ -101,6 +101,10 @@ bench-control-plane: venv control-plane ## Time warm starts of the embedded cont
 bench-reconcile: venv control-plane ## Time apply → children → Ready, and count API calls of idle passes; writes docs/benchmarks.md.
 	$(PY) bench/reconcile.py $(BENCH_ARGS)
 
+.PHONY: bench-scale
+bench-scale: venv control-plane ## A fleet: N ModelDeployments vs plain Deployments + Services, idle API requests, RSS, CPU (BENCH_ARGS="--models 1000"); writes docs/benchmarks.md.
+	$(PY) bench/scale.py $(BENCH_ARGS)
+
 .PHONY: bench-rollout
 bench-rollout: venv control-plane ## Time rollbacks per fault kind and a good canary's promotion; writes docs/benchmarks.md.
 	$(PY) bench/rollout.py $(BENCH_ARGS)
