@@ -11,8 +11,9 @@ The rules are client-go's:
   same holder and renewTime for `duration` seconds (measured on its own clock, so clock skew
   between nodes does not matter);
 - every write carries the Lease's resourceVersion, so of two candidates only one wins;
-- a leader that has not renewed for `duration` seconds stops working until it leads again (another
-  replica may have taken over meanwhile);
+- a leader that has not renewed for two thirds of `duration` (client-go's renew deadline: 10 s of
+  15) stops working until it leads again, so it stands down before any candidate, which waits the
+  full `duration` after the last renewal it saw, may take over;
 - a leader that stops normally gives the Lease up, so its successor starts at once.
 
 Status writes also carry the ModelDeployment's resourceVersion (see reconcile), so even a leader
@@ -67,6 +68,7 @@ class LeaderElector:
         self.identity = identity or default_identity()
         self.on_started, self.on_stopped = on_started, on_stopped
         self.duration, self.retry, self.clock = duration, retry, clock
+        self.renew_deadline = duration * 2 / 3
         self.leading = leading or threading.Event()
         self._stop = threading.Event()
         self._lease: dict[str, Any] | None = None  # as our last write left it
@@ -87,24 +89,26 @@ class LeaderElector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                holding = self._try_acquire_or_renew()
-            except Exception as error:  # the API server may be unreachable: try again
-                log.warning("lease %s/%s: %s", self.namespace, self.name, error)
-                holding = False
-            now = self.clock()
-            if holding:
-                self._renewed_at = now
-                if not self.leading.is_set():
-                    log.info(
-                        "leading (lease %s/%s as %s)", self.namespace, self.name, self.identity
-                    )
-                    self.leading.set()
-                    self.on_started()
-            elif self.leading.is_set() and now - self._renewed_at > self.duration:
-                log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
-                self._set_stopped()
+            self.step()
             self._stop.wait(self.retry)
+
+    def step(self) -> None:
+        """One round: acquire or renew the Lease, and start or stop leading accordingly."""
+        try:
+            holding = self._try_acquire_or_renew()
+        except Exception as error:  # the API server may be unreachable: try again
+            log.warning("lease %s/%s: %s", self.namespace, self.name, error)
+            holding = False
+        now = self.clock()
+        if holding:
+            self._renewed_at = now
+            if not self.leading.is_set():
+                log.info("leading (lease %s/%s as %s)", self.namespace, self.name, self.identity)
+                self.leading.set()
+                self.on_started()
+        elif self.leading.is_set() and now - self._renewed_at > self.renew_deadline:
+            log.warning("lost the lease %s/%s: standing by", self.namespace, self.name)
+            self._set_stopped()
 
     def _set_stopped(self) -> None:
         self.leading.clear()
