@@ -380,7 +380,7 @@ def test_an_api_server_outage_mid_canary_costs_one_line_per_retry_and_the_canary
     cluster, namespace, crds, pod_runner, model_uris, tmp_path
 ):
     """Before: calls blocked 30 s each, a due canary was retried every 0.5 s with a traceback,
-    and /healthz stayed green while the resync loop hung."""
+    and /healthz stayed green while the resync loop hung. Now /healthz names the stuck worker."""
     from devcluster.faultproxy import FaultProxy
 
     server = urlsplit(cluster.api_client().configuration.host)
@@ -405,7 +405,7 @@ def test_an_api_server_outage_mid_canary_costs_one_line_per_retry_and_the_canary
         wait_until(
             lambda: operator.health("/healthz")[0] == 503, 30, "/healthz reports the stuck loop"
         )
-        assert "stuck for" in operator.health("/healthz")[1]["resync"]
+        assert "stuck for" in operator.health("/healthz")[1]["workers"]
         time.sleep(max(0.0, 30 - 8))
         proxy.refuse()  # 30 s of a stopped API server: connections refused
         wait_until(lambda: operator.health("/readyz")[0] == 503, 30, "/readyz reports the outage")
@@ -429,14 +429,16 @@ def test_an_api_server_outage_mid_canary_costs_one_line_per_retry_and_the_canary
     assert not after.get("lastRollback")
     assert after["history"][0]["outcome"] == "Promoted"
     assert before["currentStep"] == 1
-    # One line per failed pass of the canary, with a growing back-off (the old code retried every
-    # half second, each with a traceback).
+    # One line per failed pass of the canary (the old code retried every half second, each with a
+    # traceback) — and only while this replica could still believe it led: unable to renew its
+    # Lease, it stood down (a standby may take over meanwhile), and led again once the API server
+    # answered. The back-off's growth itself is a unit table (backoff_seconds).
     retries = [
         line for line in outage_log.splitlines() if f"pass of {namespace}/fraud failed" in line
     ]
-    assert 2 <= len(retries) <= 20, f"{len(retries)} retry lines for the due canary in 60 s"
-    delays = [int(m) for m in re.findall(r"retrying in (\d+)s", " ".join(retries))]
-    assert max(delays) >= 8, f"back-off grows: {delays}"
+    assert 1 <= len(retries) <= 20, f"{len(retries)} retry lines for the due canary in 60 s"
+    assert re.search(r"retrying in \d+s", retries[0]), retries
+    assert "standing by" in outage_log and "leading (lease" in outage_log
     assert "Traceback" not in outage_log
 
 
