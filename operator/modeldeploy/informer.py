@@ -10,6 +10,9 @@ informer, reduced to what the operator needs:
   owner label present), so the operator never receives the rest of the cluster;
 - the store is replaced by each list and kept current by the watch (ADDED, MODIFIED, DELETED),
   resumed from the last resourceVersion (bookmarks keep it fresh), relisted on 410 Gone;
+- a broken watch marks its store unsynced until the relist, and passes wait for it: after an API
+  server outage a pass must not judge pods by the state they had when the watch broke (a canary
+  pod "not ready for 60 s" that turned ready while the operator was blind);
 - every change calls `on_change(namespace, owner)`, which queues that ModelDeployment;
 - writes the operator makes are put into the store at once (`store.put` of the response), so the
   next pass does not plan from its own stale copy.
@@ -32,6 +35,9 @@ from .naming import MANAGED_BY, MANAGER, OWNER
 log = logging.getLogger("modeldeploy.informer")
 CHILD_SELECTOR = f"{MANAGED_BY}={MANAGER},{OWNER}"
 WATCH_SECONDS = 300
+# Relist attempts while the API server is unreachable: 1, 2, 4, 8, 8, ... s, so the caches (and the
+# passes that wait for them) are back within seconds of its return.
+MAX_BACKOFF_SECONDS = 8.0
 CHILD_KINDS = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
@@ -186,8 +192,11 @@ class Reflector:
                 self._back_off(f"{type(error).__name__}: {error}")
 
     def _back_off(self, why: str) -> None:
+        # Until the relist, the store may miss changes: passes wait (ChildCache.synced), rather
+        # than judge a pod by a state that is minutes old.
+        self.store.synced.clear()
         self.failures += 1
-        delay = min(30.0, 2.0 ** (self.failures - 1))
+        delay = min(MAX_BACKOFF_SECONDS, 2.0 ** (self.failures - 1))
         log.warning(
             "watch of %s in %s failed (%d in a row), relisting in %.0fs: %s",
             self.store.kind, self.namespace or "all namespaces", self.failures, delay, why[:200],
@@ -260,6 +269,10 @@ class ChildCache:
 
     def wait_synced(self, timeout: float) -> bool:
         return all(store.synced.wait(timeout) for store in self.stores.values())
+
+    def synced(self) -> bool:
+        """Every kind listed since its watch last broke: the cache holds the current picture."""
+        return all(store.synced.is_set() for store in self.stores.values())
 
     def children(self, kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
         return self.stores[kind].owned_by(namespace, owner)

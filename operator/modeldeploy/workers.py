@@ -22,6 +22,7 @@ from .workqueue import SWEEP, ShutDown
 log = logging.getLogger("modeldeploy")
 IDLE_BEAT_SECONDS = 1.0
 STALE_RETRY_SECONDS = 0.2
+CACHE_WAIT_SECONDS = 1.0
 
 
 def describe_error(error: BaseException) -> str:
@@ -106,6 +107,12 @@ def work(runtime: Runtime, name: str) -> None:
         if key is None:
             continue
         assert isinstance(key, tuple)
+        if not runtime.children.synced():
+            # A watch broke (the API server went away): wait for the relist rather than plan from
+            # a picture of the children that may be minutes old.
+            queue.add_after(key, CACHE_WAIT_SECONDS)
+            queue.done(key)
+            continue
         runtime.beat(name, f"pass of {key[0]}/{key[1]}")
         try:
             result = run_pass(runtime, key)

@@ -49,3 +49,26 @@ def test_a_namespaced_relist_leaves_other_namespaces_alone():
 def test_watch_lines_split_across_chunks():
     chunks = [b'{"type": "ADDED", "obj', b'ect": {}}\n{"type"', b': "BOOKMARK"}\n']
     assert [e["type"] for e in parse_lines(iter(chunks))] == ["ADDED", "BOOKMARK"]
+
+
+class OnePage:
+    def get_path(self, path: str, query: list) -> dict:
+        return {"items": [], "metadata": {"resourceVersion": "7"}}
+
+
+def test_a_broken_watch_holds_the_passes_until_its_kind_is_listed_again():
+    import threading
+
+    from modeldeploy.informer import ChildCache, Reflector
+
+    cache = ChildCache()
+    for store in cache.stores.values():
+        store.synced.set()
+    assert cache.synced()
+    stopped = threading.Event()
+    stopped.set()  # the back-off's wait returns at once
+    pods = Reflector(OnePage(), cache.stores["Pod"], "ml", lambda owner: None, stopped)  # type: ignore[arg-type]
+    pods._back_off("connection refused")
+    assert not cache.synced()
+    assert pods._list() == "7"
+    assert cache.synced()
