@@ -62,7 +62,7 @@ check-crds: venv ## Fail with a diff when the committed CRD (or a file generated
 	$(PY) -m modeldeploy.api.crd --check $(CRD_FILE)
 	$(PY) hack/generate.py --check
 
-##@ Monitoring and Helm
+##@ Monitoring, Helm and Argo CD
 # promtool and helm live in the binary cache beside the control plane (hack/build-control-plane.sh).
 TOOLS = $$(dirname $$(hack/build-control-plane.sh 2>/dev/null | tail -n 1))
 
@@ -85,6 +85,10 @@ chart: control-plane check-generated ## helm lint the chart and package it into 
 	tools=$(TOOLS)
 	$$tools/helm/helm lint --strict charts/modeldeploy
 	$$tools/helm/helm package charts/modeldeploy --destination dist
+
+.PHONY: argocd-fixtures
+argocd-fixtures: venv control-plane ## Record the Argo CD health fixtures (manifests/argocd/testdata) from real rollouts.
+	MODELDEPLOY_WRITE_FIXTURES=1 $(PY) -m pytest tests/integration/test_operate.py $(PYTEST_ARGS)
 
 ##@ Run
 .PHONY: run

@@ -7,7 +7,9 @@
 - charts/modeldeploy/crds/: the generated CRD (crds/), which Helm installs from there;
 - charts/modeldeploy/files/: the alert rules, the Grafana dashboard and the canary-weight
   admission warning, which the chart's templates read with .Files.Get (Helm reads no file outside
-  the chart's directory).
+  the chart's directory);
+- manifests/argocd/argocd-cm.yaml: the argocd-cm entries (health check and resource actions) made
+  from the Lua files beside it (hack/argocd_cm.py), which an admin merges into Argo CD's ConfigMap.
 
 Run by `make generated` and `make check-generated`; tests/integration/test_monitoring.py checks it.
 """
@@ -18,6 +20,9 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import argocd_cm
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "manifests" / "monitoring"
@@ -64,6 +69,7 @@ def expected() -> dict[Path, str]:
         CHART / "files" / "canary-weight-warning.yaml": (
             REPO / "manifests" / "base" / "canary-weight-warning.yaml"
         ).read_text(),
+        argocd_cm.OUT: argocd_cm.render(),
     }
 
 

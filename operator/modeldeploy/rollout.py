@@ -470,9 +470,16 @@ def _advance(
     pods_ready = evidence.pods is not None and evidence.pods.outcome == CheckOutcome.PASSED
     if gates_ok and pods_ready and not evidence.fallback_ready:
         return _promote(md, state, now, canary_created, rolled_forward=True)
+    was_paused = _condition_reason(md, "Progressing") == "Paused"
     if paused(md):
         state.paused = True
+        if not was_paused:
+            message = f"canary {state.canary} held at {state.weight}% by {_pauser(md)}"
+            state.events.append(Event("Normal", "Paused", message))
         return state
+    if was_paused:
+        message = f"canary {state.canary} goes on from {state.weight}%"
+        state.events.append(Event("Normal", "Resumed", message))
 
     started = parse_time(state.step_started_at) or now
     if verdict == CheckOutcome.INCONCLUSIVE:
@@ -499,6 +506,16 @@ def _alone_message(state: RolloutState) -> str:
         "its own (pod health, smoke requests answered, its own metrics) and promoted without "
         "steps once healthy"
     )
+
+
+def _condition_reason(md: ModelDeployment, kind: str) -> str | None:
+    """The reason of the last status' condition `kind`, if any."""
+    return next((c.reason for c in md.status.conditions if c.type == kind), None)
+
+
+def _pauser(md: ModelDeployment) -> str:
+    """Who paused: Git (`spec.rollout.paused`) or a person (the annotation)."""
+    return "spec.rollout.paused" if md.spec.rollout.paused else "annotation modeldeploy.io/paused"
 
 
 def _condition_says(md: ModelDeployment, kind: str, reason: str, message: str) -> bool:

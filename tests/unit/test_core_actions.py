@@ -75,3 +75,32 @@ def test_a_long_retry_token_is_cut_to_what_status_can_hold():
         {"rollout": {**ROLLOUT, "retry": "r" * 63}}, annotations={"modeldeploy.io/retry": "x" * 40}
     )
     assert len(retry_token(md)) == 63
+
+
+def test_pause_and_resume_each_say_so_once():
+    progressing = {
+        "type": "Progressing",
+        "status": "True",
+        "reason": "CanaryProgressing",
+        "lastTransitionTime": "2026-11-27T12:00:00Z",
+    }
+    md = md_with(
+        {"modeldeploy.io/paused": "true"},
+        {**canary_status(started=0), "conditions": [progressing]},
+    )
+    state = next_state(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
+    assert [(e.reason, e.message) for e in state.events] == [
+        ("Paused", "canary canary1 held at 10% by annotation modeldeploy.io/paused")
+    ]
+    paused_before = {**progressing, "reason": "Paused"}
+    still = md_with(
+        {"modeldeploy.io/paused": "true"},
+        {**canary_status(started=0), "conditions": [paused_before]},
+    )
+    state = next_state(still, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(6), T0)
+    assert state.events == [], "no Event while it stays paused"
+    resumed = md_with({}, {**canary_status(started=0), "conditions": [paused_before]})
+    state = next_state(resumed, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(7), T0)
+    assert [(e.reason, e.message) for e in state.events] == [
+        ("Resumed", "canary canary1 goes on from 10%")
+    ]

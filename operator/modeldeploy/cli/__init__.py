@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -254,7 +253,7 @@ def show_status(cluster: Cluster, name: str, style: Style) -> list[str]:
 
 def watch(cluster: Cluster, name: str, style: Style, interval: float) -> None:
     """Redraw in place until Ctrl-C: on a terminal the cursor goes back up over the last frame
-    and clears from there (the scrollback keeps one frame), lines cut to the terminal's width;
+    and writes over it (the scrollback keeps one frame), lines cut to the terminal's width;
     into a pipe each changed frame is printed after a blank line."""
     tty = sys.stdout.isatty()
     drawn, last = 0, None
@@ -266,9 +265,12 @@ def watch(cluster: Cluster, name: str, style: Style, interval: float) -> None:
             if tty:
                 size = _terminal_size()
                 lines = [_cut(line, size.columns - 1) for line in lines[: max(1, size.lines - 1)]]
-                frame = "\n".join(lines) + "\n"
+                # Each line overwrites the old one and clears its rest, then what is left below
+                # is cleared: never a clear of the whole screen, which terminals like tmux
+                # (scroll-on-clear) would push into the scrollback, a frame per redraw.
+                frame = "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J"
                 up = f"\x1b[{drawn}F" if drawn else ""
-                sys.stdout.write(f"{up}\x1b[J{frame}")
+                sys.stdout.write(up + frame)
                 drawn = len(lines)
             elif lines != last:
                 sys.stdout.write(("\n" if last is not None else "") + "\n".join(lines) + "\n")
@@ -343,9 +345,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A closed pipe (`kubectl md history x | head`) ends it quietly, as for
+    `cat`; SIGPIPE itself stays ignored, since a default SIGPIPE would also kill the process
+    when the client writes to an API server connection the server already closed (on Ctrl-C,
+    with no traceback and no exit status)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:  # Ctrl-C before anything was asked of the cluster: no traceback
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
-    # A closed pipe (`... | head`) ends the program quietly, as for other kubectl plugins.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException
     from urllib3.exceptions import HTTPError

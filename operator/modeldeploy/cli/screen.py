@@ -94,6 +94,10 @@ def weight_text(status: dict[str, Any], short: bool = False) -> str:
     return f"{desired}% desired → {effective:g}% effective"
 
 
+def samples(count: int) -> str:
+    return "1 sample" if count == 1 else f"{count} samples"
+
+
 def check_line(check: dict[str, Any]) -> tuple[str, str, str]:
     """(symbol, name, detail) of one analysis check, e.g. (✔, errorRate, 0% vs 5%, 15 samples)."""
     parts = []
@@ -103,7 +107,7 @@ def check_line(check: dict[str, Any]) -> tuple[str, str, str]:
     elif value is not None:
         parts.append(str(value))
     if check.get("samples") is not None:
-        parts.append(f"{check['samples']} samples")
+        parts.append(samples(check["samples"]))
     detail = ", ".join(parts)
     message = check.get("message")
     if message and check.get("outcome") != "Passed":
@@ -120,7 +124,7 @@ def rollback_lines(record: dict[str, Any], now: dt.datetime) -> list[str]:
     facts = []
     if record.get("samples") is not None:
         window = f" over {record['window']}" if record.get("window") else ""
-        facts.append(f"{record['samples']} samples{window}")
+        facts.append(f"{samples(record['samples'])}{window}")
     if record.get("timeToDetect"):
         facts.append(f"detected {record['timeToDetect']} after first traffic")
     if record.get("timeSinceStart"):
