@@ -329,7 +329,8 @@ def check_audit(cluster, install: Install) -> None:
     entries = [
         e
         for e in audit_entries(cluster, install.user)
-        if e["objectRef"]["resource"] != "selfsubjectreviews"
+        # Discovery (/api, /apis) has no objectRef: the audit log records reads too.
+        if e.get("objectRef", {}).get("resource") != "selfsubjectreviews"
     ]
     assert entries, "the operator's writes should be in the audit log under its ServiceAccount"
     refused = [
@@ -870,14 +871,17 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(cluster, namespa
 
         # A pod that broke the standard is never created: the ReplicaSet reports FailedCreate.
         def settled() -> bool:
-            status = kget(cluster, "deployment", "modeldeploy-operator", "-n", ns)["status"]
-            return status.get("availableReplicas") == 1 or bool(failed_creates(cluster, ns))
+            deployment = kget(cluster, "deployment", "modeldeploy-operator", "-n", ns)
+            available = deployment["status"].get("availableReplicas")
+            return available == deployment["spec"]["replicas"] or bool(failed_creates(cluster, ns))
 
         wait_until(settled, 60, "the operator Deployment available (or refused)")
         assert not failed_creates(cluster, ns), failed_creates(cluster, ns)
-        [pod] = kget(cluster, "pods", "-n", ns)["items"]
-        assert pod["spec"]["serviceAccountName"] == ACCOUNT
-        assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        pods = kget(cluster, "pods", "-n", ns)["items"]
+        assert len(pods) == 2, "the leader and its standby"
+        for pod in pods:
+            assert pod["spec"]["serviceAccountName"] == ACCOUNT
+            assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
 
 
 def failed_creates(cluster, namespace: str) -> list[str]:
