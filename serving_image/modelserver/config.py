@@ -330,7 +330,7 @@ def validate(s: Settings) -> None:
     if s.max_concurrency is not None and s.max_concurrency < 1:
         raise ConfigError(f"{_where('max_concurrency')} must be at least 1")
     if s.payload_log_url is not None and not re.fullmatch(
-        r"https?://[^/?#\s:]+(:\d{1,5})?([/?][!-~]*)?", s.payload_log_url
+        r"https?://[^/?#\s:@]+(:\d{1,5})?([/?][!-~]*)?", s.payload_log_url
     ):
         raise ConfigError(
             f"{_where('payload_log_url')}={s.payload_log_url!r} is not allowed: an http:// or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import io
 import json
 import threading
 from collections import Counter
@@ -85,7 +86,9 @@ def sink() -> Iterator[Sink]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with state.lock:
-                state.events.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers["x-client-port"] = str(self.client_address[1])  # which connection
+                state.events.append(Received(headers, body))
             state.arrived.set()
             if state.hold is not None:
                 state.hold.wait(60)
@@ -346,15 +349,15 @@ def test_credentials_and_listed_headers_are_redacted_case_insensitively() -> Non
 def test_the_exchange_id_is_the_callers_request_id_or_a_fresh_uuid() -> None:
     assert pl.event_id([(b"x-request-id", b"abc-1")]) == "abc-1"
     made = {pl.event_id([]) for _ in range(100)}
-    assert len(made) == 100 and all(len(i) == 36 for i in made)
+    assert len(made) == 100 and all(len(i) > 32 for i in made)
     assert pl.event_id([(b"x-request-id", b"x" * 500)]) != "x" * 500  # too long to be a header
 
 
 def test_an_event_carries_kserves_attributes_in_binary_mode() -> None:
     identity = pl.Identity("fraud", "rev1", "v7", "fraud-detector", "risk")
-    now = dt.datetime(2026, 11, 30, 18, 0, 0, 123000, tzinfo=dt.UTC)
-    event = pl.build_event(pl.RESPONSE_TYPE, "id-1", identity, b"{}", "application/json", now)
-    assert dict(event.headers) == {
+    when = dt.datetime(2026, 11, 30, 18, 0, 0, 123000, tzinfo=dt.UTC).timestamp()
+    response = pl.Pending(pl.RESPONSE_TYPE, "id-1", when, b"{}")
+    assert dict(pl.event_headers(response, identity)) == {
         "ce-specversion": "1.0",
         "ce-id": "id-1",
         "ce-type": "org.kubeflow.serving.inference.response",
@@ -369,7 +372,80 @@ def test_an_event_carries_kserves_attributes_in_binary_mode() -> None:
         "ce-revision": "rev1",
         "content-type": "application/json",
     }
-    assert event.body == b"{}"
+    request = pl.Pending(pl.REQUEST_TYPE, "id-1", when, b"{}", "application/json",
+                         [(b"x-tenant", b"acme"), (b"authorization", b"Bearer t")])  # fmt: skip
+    headers = dict(pl.event_headers(request, identity, ["x-tenant"]))
+    assert json.loads(headers["ce-metadata"]) == {
+        "x-tenant": ["REDACTED"],
+        "authorization": ["REDACTED"],
+    }
+
+
+def test_the_senders_fast_encoding_is_exactly_the_events_headers() -> None:
+    identity = pl.Identity("fraud", "rev1", "v7", "fraud-detector", "risk")
+    sink = pl.Sink.parse("https://sink.audit/in")
+    logger = pl.PayloadLogger(sink, identity, lambda o, n: None, redact_headers=["x-tenant"])
+    request = pl.Pending(pl.REQUEST_TYPE, "id-1", 1.5e9, b'{"in":1}', "application/json",
+                         [(b"x-tenant", b"acme"), (b"accept", b"*/*")])  # fmt: skip
+    response = pl.Pending(pl.RESPONSE_TYPE, "id-1", 1.5e9, b'{"out":1}')
+    for event in (request, response):
+        headers = pl.event_headers(event, identity, ["x-tenant"])
+        assert logger._encode(event) == pl.encode_request(sink, headers, event.body)
+
+
+def test_an_event_is_one_http_post_on_the_wire() -> None:
+    sink = pl.Sink.parse("http://sink.audit:8080/in")
+    wire = pl.encode_request(sink, [("ce-id", "a"), ("x-bad", "one\r\ntwo")], b'{"x":1}')
+    assert wire == (
+        b"POST /in HTTP/1.1\r\nhost: sink.audit:8080\r\nce-id: a\r\nx-bad: one  two\r\n"
+        b'content-length: 7\r\n\r\n{"x":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nok", (202, True)),
+        (b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", (500, False)),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", (200, True)),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", (204, True)),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", (200, False)),
+    ],
+    ids=["length", "close", "chunked", "interim", "http10-no-length"],
+)
+def test_responses_are_read_whole_and_say_whether_the_connection_stays(
+    raw: bytes, expected: tuple[int, bool]
+) -> None:
+    reader = io.BufferedReader(io.BytesIO(raw + b"HTTP/1.1 200 OK\r\n"))  # + the next answer
+    assert pl.read_response(reader) == expected
+    if expected[1]:
+        assert reader.read() == b"HTTP/1.1 200 OK\r\n"  # nothing of the next answer was eaten
+
+
+def test_a_sink_that_is_not_http_or_hangs_up_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not an HTTP response"):
+        pl.read_response(io.BufferedReader(io.BytesIO(b"SSH-2.0-OpenSSH\r\n")))
+    with pytest.raises(ConnectionError):
+        pl.read_response(io.BufferedReader(io.BytesIO(b"")))
+    with pytest.raises(ConnectionError):
+        pl.read_response(
+            io.BufferedReader(io.BytesIO(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nab"))
+        )
+
+
+def test_a_batch_is_pipelined_on_one_connection_to_a_real_sink(sink: Sink) -> None:
+    counted: Counter[str] = Counter()
+    logger = pl.PayloadLogger(
+        pl.Sink.parse(sink.url), pl.Identity("fraud", "rev1"),
+        lambda outcome, n: counted.update({outcome: n}), batch_size=64,
+    )  # fmt: skip
+    batch = [pl.Pending(pl.REQUEST_TYPE, f"id-{i}", 0.0, b'{"i": %d}' % i) for i in range(50)]
+    assert logger.send_batch(batch) == 50
+    assert logger.send_batch(batch[:3]) == 3  # the same connection, kept alive
+    assert [e.body for e in sink.received()] == [e.body for e in batch] + [
+        e.body for e in batch[:3]
+    ]
+    assert len({e.headers["x-client-port"] for e in sink.received()}) == 1
 
 
 def test_sink_urls_are_split_for_http_client() -> None:
@@ -397,7 +473,7 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     )
     responses_only.log([], b"{}", b"{}")
     responses_only.log([], None, b"{}")  # a request refused before its body was read
-    assert responses_only._queue.qsize() == 2
+    assert responses_only.queued == 2
 
 
 def test_payload_log_settings_are_validated() -> None:
