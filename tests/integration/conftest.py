@@ -51,6 +51,18 @@ def operator(cluster, namespace, crds, tmp_path) -> Iterator[OperatorProcess]:
         print(f"--- operator log ({process.log_path}) ---\n{process.log()[-6000:]}")
 
 
+@pytest.fixture
+def restricted(cluster, namespace) -> str:
+    """The test namespace enforcing the restricted Pod Security Standard (as the
+    namespaced install's `models` namespace does)."""
+    cluster.kubectl(
+        "label", "namespace", namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )  # fmt: skip
+    return namespace
+
+
 @pytest.fixture(scope="session")
 def model_uris(tmp_path_factory) -> dict[str, str]:
     """Two real scikit-learn models with the same inputs (4 features) and different weights."""

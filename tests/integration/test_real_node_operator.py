@@ -95,18 +95,6 @@ def installed_operator(cluster, crds, restricted, real_node) -> Iterator[dict[st
         )  # fmt: skip
 
 
-@pytest.fixture
-def restricted(cluster, namespace) -> str:
-    """The test namespace enforcing the restricted Pod Security Standard (as the namespaced
-    overlay's `models` namespace does)."""
-    cluster.kubectl(
-        "label", "namespace", namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )  # fmt: skip
-    return namespace
-
-
 def model(uri: str, version: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "modeldeploy.io/v1alpha1",

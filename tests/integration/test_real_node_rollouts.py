@@ -32,17 +32,6 @@ ROLLOUT = {
 
 
 @pytest.fixture
-def restricted(cluster, namespace) -> str:
-    """The test namespace enforcing the restricted Pod Security Standard."""
-    cluster.kubectl(
-        "label", "namespace", namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )  # fmt: skip
-    return namespace
-
-
-@pytest.fixture
 def model_claim(cluster, restricted, model_uris, tmp_path) -> str:
     """A PersistentVolumeClaim `models`, bound to a hostPath PV holding v1, v2 and a broken
     artifact, readable by the pods' uid."""
