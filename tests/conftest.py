@@ -136,4 +136,6 @@ def real_node(cluster: ClusterHandle) -> Iterator[object]:
     try:
         yield node
     finally:
+        used = ", ".join(f"{name} {cpu:.0f}s" for name, cpu in node.cpu_seconds().items())
+        _session_notes.append(f"real node CPU time: {used}")
         node.stop()

@@ -155,3 +155,36 @@ def ratio_lines(
                 parts.append(f"{ratio:.1f}x {labels.get(peer, peer)} (p99 {p99})")
             lines.append(f"- {model} c={c}: " + ", ".join(parts))
     return lines
+
+
+def overhead_lines(
+    base: str,
+    variants: Iterable[str],
+    models: Sequence[str],
+    concurrency: int,
+    cells: Mapping[tuple[str, str, int], Cell],
+    labels: Mapping[str, str],
+) -> list[str]:
+    """One line per model and variant: its throughput and p99 against ``base`` at one concurrency.
+
+    Example: base 10,000 req/s p99 4.0 ms, variant 9,000 req/s p99 5.0 ms →
+    "lr c=64 <label>: 9,000 req/s (-10% vs 10,000), p99 5.0 ms (vs 4.0 ms)".
+    """
+    lines = []
+    for model in models:
+        ref = cells.get((base, model, concurrency))
+        if ref is None or not ref.runs:
+            continue
+        r = ref.median()
+        for variant in variants:
+            cell = cells.get((variant, model, concurrency))
+            if cell is None or not cell.runs:
+                continue
+            v = cell.median()
+            change = (v.rps / r.rps - 1) * 100 if r.rps else 0.0
+            lines.append(
+                f"- {model} c={concurrency} {labels.get(variant, variant)}: {v.rps:,.0f} req/s "
+                f"({change:+.0f}% vs {r.rps:,.0f}), p99 {_fmt_ms(v.p99_ms)} "
+                f"(vs {_fmt_ms(r.p99_ms)})"
+            )
+    return lines

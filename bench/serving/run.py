@@ -31,7 +31,7 @@ from pathlib import Path
 from devcluster.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Cell, parse_wrk, ratio_lines, render_table, replace_section
+from report import Cell, overhead_lines, parse_wrk, ratio_lines, render_table, replace_section
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "bench" / "serving"
@@ -47,8 +47,14 @@ LABELS = {
     "mlserver-batch": "MLServer 1.7.1, adaptive batching 32/5 ms",
     "kserve": "KServe 0.21 (v2 endpoint)",
     "naive": "naive uvicorn app (floor)",
+    "ours-log": "modelserver, payload logging on (every exchange, to a local sink)",
+    "ours-log-dead": "modelserver, payload logging to a dead sink (closed port)",
 }
 ALL_SERVERS = list(LABELS)
+# Payload logging's overhead is measured where it matters most, at the highest concurrency; the
+# other concurrencies of these rows stay empty ("-") to keep the run's length.
+LOGGING_SERVERS = ("ours-log", "ours-log-dead")
+LOGGING_CONCURRENCY = 64
 
 
 def log(msg: str) -> None:
@@ -124,15 +130,19 @@ class Launch:
     cwd: Path | None = None
 
 
-def launch_spec(server: str, model: str, path: Path) -> Launch:
+def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None) -> Launch:
     port = free_port()
     infer = f"/v2/models/{model}/infer"
     ready = f"/v2/models/{model}/ready"
-    if server in ("ours", "ours-nofast"):
+    if server in ("ours", "ours-nofast", *LOGGING_SERVERS):
         argv = [str(DEV_PYTHON), "-m", "modelserver", "--model-uri", str(path), "--model-name",
                 model, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         if server == "ours-nofast":
             argv.append("--no-fast-path")
+        elif server == "ours-log":
+            argv += ["--payload-log-url", sink_url or "http://127.0.0.1:9/"]
+        elif server == "ours-log-dead":
+            argv += ["--payload-log-url", f"http://127.0.0.1:{free_port()}/"]  # nobody listens
         return Launch(argv, {}, port, "/v2/health/ready", infer)
     if server == "naive":
         argv = [str(DEV_PYTHON), "-m", "uvicorn", "naive_app:app", "--app-dir", str(HERE / "peers"),
@@ -233,6 +243,30 @@ class Running:
         return clean
 
 
+def start_sink() -> Running:
+    """The CloudEvents sink the ``ours-log`` rows send to (peers/sink.py), ready to take events."""
+    port = free_port()
+    argv = [str(DEV_PYTHON), "-m", "uvicorn", "sink:app", "--app-dir", str(HERE / "peers"),
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+            "--log-level", "warning"]  # fmt: skip
+    sink = Running(Launch(argv, {}, port, "/count", "/"), WORK / "sink.log")
+    sink.wait_ready()
+    return sink
+
+
+def payload_log_counts(port: int) -> dict[str, float]:
+    """The server's modelserver_payload_log_events_total by outcome, from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("modelserver_payload_log_events_total{"):
+            labels, _, value = line.rpartition(" ")
+            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(value)
+    return counts
+
+
 def run_wrk(wrk: str, port: int, path: str, conns: int, seconds: int, body: Path) -> str:
     argv = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "--latency",
             "-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}{path}"]  # fmt: skip
@@ -271,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_venv(peer)
     paths = make_models()
     body = WORK / "models" / "body.json"
+    sink = start_sink() if "ours-log" in servers else None
+    sink_url = f"http://127.0.0.1:{sink.spec.port}/events" if sink is not None else None
+    logged: dict[tuple[str, str], dict[str, float]] = {}
     cells: dict[tuple[str, str, int], Cell] = {}
     rss: dict[tuple[str, str], list[float]] = {}
     ready: dict[tuple[str, str], list[float]] = {}
@@ -279,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             order = servers if rnd % 2 == 0 else list(reversed(servers))
             for server in order:
-                spec = launch_spec(server, model, paths[model])
+                spec = launch_spec(server, model, paths[model], sink_url)
                 running = Running(spec, WORK / f"{server}-{model}-r{rnd}.log")
                 try:
                     ready.setdefault((server, model), []).append(running.wait_ready())
@@ -287,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                     if status != 200:
                         raise RuntimeError(f"{server} answered {status} to the benchmark request")
                     for c in concs:
+                        if server in LOGGING_SERVERS and c != LOGGING_CONCURRENCY:
+                            continue
                         run_wrk(wrk, spec.port, spec.infer_path, c, args.warmup, body)
                         result = parse_wrk(
                             run_wrk(wrk, spec.port, spec.infer_path, c, args.duration, body)
@@ -300,17 +339,25 @@ def main(argv: list[str] | None = None) -> int:
                     rss.setdefault((server, model), []).append(
                         process_tree_rss_mb(running.proc.pid)
                     )
+                    if server in LOGGING_SERVERS:
+                        counts = payload_log_counts(spec.port)
+                        total = logged.setdefault((server, model), {})
+                        for outcome, value in counts.items():
+                            total[outcome] = total.get(outcome, 0.0) + value
+                        log(f"round {rnd + 1} {model} {server}: payload log events {counts}")
                 except Exception as exc:
                     log(f"round {rnd + 1} {model} {server}: FAILED: {exc}")
                 finally:
                     if not running.stop():
                         unclean.append(f"{server}/{model}/round {rnd + 1}")
+    if sink is not None:
+        sink.stop()
     med: Callable[[list[float]], float] = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     table = render_table(
         servers, LABELS, models, concs, cells,
         {k: med(v) for k, v in rss.items()}, {k: med(v) for k, v in ready.items()},
     )  # fmt: skip
-    peers = [s for s in servers if s not in ("ours", "ours-nofast")]
+    peers = [s for s in servers if s not in ("ours", "ours-nofast", *LOGGING_SERVERS)]
     ratios = ratio_lines("ours", peers, models, concs, cells, LABELS)
     given = list(argv if argv is not None else sys.argv[1:])
     command = "python bench/serving/run.py " + " ".join(given)
@@ -327,6 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         "Throughput of modelserver as a multiple of each peer's, and whether its p99 is at most "
         "the peer's:", "",
         *ratios,
+        *([
+            "", f"Payload logging at c={LOGGING_CONCURRENCY} (warm-up included in the event "
+            "counts; every exchange sampled, request and response), against modelserver without "
+            "it:", "",
+            *overhead_lines("ours", LOGGING_SERVERS, models, LOGGING_CONCURRENCY, cells, LABELS),
+            *[f"- {model} {LABELS[server]}: events "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
+              for (server, model), counts in sorted(logged.items())],
+        ] if logged else []),
         *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"] if unclean else []),
     ])  # fmt: skip
     print("\n" + generated)

@@ -343,6 +343,14 @@ def cached(spec: ImageSpec, key: str, tag: str) -> BuiltImage:
     )
 
 
+def prune(name: str, keep: int = 2) -> None:
+    """Delete all but the `keep` newest archives of image `name`: two checkouts on one machine
+    (main and a branch) keep their own builds instead of rebuilding each other's every run."""
+    archives = sorted(IMAGES_DIR.glob(f"{name}-*.docker.tar"), key=lambda p: p.stat().st_mtime)
+    for stale in archives[:-keep]:
+        stale.unlink(missing_ok=True)
+
+
 def build_local(spec: ImageSpec, tag: str | None = None) -> BuiltImage:
     """Build `spec` with buildah on the local base, unless an image of the same inputs is cached."""
     tag = tag or spec.tag
@@ -353,6 +361,7 @@ def build_local(spec: ImageSpec, tag: str | None = None) -> BuiltImage:
     buildah = Buildah()
     if image.docker_archive.exists() and (image.oci_layout / "index.json").exists():
         log(f"{spec.name}: cached ({image.docker_archive.name})")
+        image.docker_archive.touch()  # recently used: kept by prune()
         if tag != spec.tag or not buildah.has(tag):
             buildah.load(image.docker_archive, spec.tag)
             buildah("tag", spec.tag, tag)
@@ -369,9 +378,36 @@ def build_local(spec: ImageSpec, tag: str | None = None) -> BuiltImage:
     partial.rename(image.docker_archive)
     if tag != spec.tag:
         buildah("tag", spec.tag, tag)
-    for stale in IMAGES_DIR.glob(f"{spec.name}-*.docker.tar"):
-        if stale != image.docker_archive:
-            stale.unlink()
+    prune(spec.name)
+    log(f"{spec.name}: built in {time.monotonic() - t0:.0f} s -> {image.docker_archive.name}")
+    return image
+
+
+def build_derived(spec: ImageSpec, base: BuiltImage) -> BuiltImage:
+    """Build `spec`, a Dockerfile `FROM ${BASE}` over an image of ours (a test image: the serving
+    image with a model baked in), unless an image of the same inputs is cached.
+
+    Only the docker-archive is kept: its base layers are the base image's own, uncompressed, so
+    containerd finds them already unpacked and importing it costs little more than reading it.
+    """
+    build_args = {"BASE": base.tag}
+    key = input_key(spec, base.docker_archive.name, build_args)
+    image = cached(spec, key, spec.tag)
+    if image.docker_archive.exists():
+        log(f"{spec.name}: cached ({image.docker_archive.name})")
+        image.docker_archive.touch()  # recently used: kept by prune()
+        return image
+    buildah = Buildah()
+    buildah.load(base.docker_archive, base.tag)
+    t0 = time.monotonic()
+    log(f"{spec.name}: building {spec.dockerfile.name} on {base.tag} ...")
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    buildah.build(spec, spec.tag, build_args, IMAGES_DIR / f"{spec.name}-build.log")
+    partial = image.docker_archive.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    buildah("push", spec.tag, f"docker-archive:{partial}:{spec.tag}")
+    partial.rename(image.docker_archive)
+    prune(spec.name)
     log(f"{spec.name}: built in {time.monotonic() - t0:.0f} s -> {image.docker_archive.name}")
     return image
 

@@ -544,8 +544,11 @@ state = '{d / "state"}'
             "hostnameOverride": NODE_NAME,
             "clusterCIDR": POD_SUBNET,
             "nodePortAddresses": [f"{GATEWAY}/32"],
+            # minSyncPeriod 1s, kube-proxy's default: at most one iptables-restore a second
+            # however fast kwok's tests churn Services, and endpoint removal no quicker than on
+            # a real cluster (the serving pods' shutdown delay must cover it).
             "iptables": {"localhostNodePorts": False, "masqueradeAll": False,
-                         "syncPeriod": "30s", "minSyncPeriod": "0s"},
+                         "syncPeriod": "30s", "minSyncPeriod": "1s"},
             "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
                           "tcpCloseWaitTimeout": "0s"},
         }  # fmt: skip
@@ -593,6 +596,19 @@ state = '{d / "state"}'
         )  # fmt: skip
 
     # ------------------------------------------------------------------------- helpers
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each of the node's processes used so far: what the node
+        costs the machine's other work (kwok's tests share its two cores)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for process in self.processes:
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used[process.name] = (int(fields[11]) + int(fields[12])) / ticks
+        return used
+
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         """A container's log as the kubelet wrote it (the API server has no kubelet client
         certificate here, so `kubectl logs` cannot reach the kubelet)."""

@@ -128,11 +128,31 @@ def server_env(
         env["MODELSERVER_AUTH_TOKEN_FILE"] = f"{AUTH_MOUNT}/token"
     if operator_token_sha256 and requires_token(md):
         env["MODELSERVER_OPERATOR_TOKEN_SHA256"] = operator_token_sha256
+    env.update(payload_log_env(md))
     user_env = [{"name": e.name, "value": e.value} for e in spec.serving.env]
     ours = [{"name": k, "value": v} for k, v in env.items()]
     overridden = {e["name"] for e in user_env}
     # A user's explicit variable wins over our default for the same name.
     return [e for e in ours if e["name"] not in overridden] + user_env
+
+
+def payload_log_env(md: ModelDeployment) -> dict[str, str]:
+    """The payload logging settings (spec.serving.logging) as MODELSERVER_* variables; none
+    when logging is off. Part of the pod template, so turning it on or off is a new revision."""
+    logging = md.spec.serving.logging
+    if logging is None:
+        return {}
+    env: dict[str, str] = {
+        "MODELSERVER_PAYLOAD_LOG_URL": logging.url,
+        "MODELSERVER_PAYLOAD_LOG_MODE": logging.mode.value,
+        "MODELSERVER_PAYLOAD_LOG_SAMPLE_RATE": repr(float(logging.sample_rate)),
+        "MODELSERVER_DEPLOYMENT_NAME": md.metadata.name or "",
+        "MODELSERVER_NAMESPACE": md.metadata.namespace or "",
+        "MODELSERVER_MODEL_VERSION_LABEL": md.spec.model.version or "",
+    }
+    if logging.redact_headers:
+        env["MODELSERVER_PAYLOAD_LOG_REDACT_HEADERS"] = ",".join(logging.redact_headers)
+    return env
 
 
 def _resources(md: ModelDeployment) -> dict[str, Any]:

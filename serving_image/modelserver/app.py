@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from . import __version__, protocol
+from . import __version__, payload_log, protocol
 from . import metric_names as m
 from .auth import token_source
 from .config import Settings
@@ -37,6 +37,8 @@ _JSON = b"application/json"
 _DRIFT_REFRESH_SECONDS = 5.0
 # Scope key: how far the app read the request body (absent: not at all, False: part, True: all).
 _BODY_READ = "modelserver.body_read"
+# Scope key: the inference request's whole body, once read (for the payload log).
+_BODY = "modelserver.body"
 # A refused request's unread body is read and dropped up to this size before the answer is
 # completed (see ``_answer_then_drain``); a bigger one is not worth reading: the connection is
 # just closed.
@@ -85,6 +87,7 @@ class App:
         # One process answers liveness while it loads; a worker of several loads before it
         # accepts, so a connection never lands on a worker that cannot serve yet.
         self.load_in_background = load_in_background
+        self.payload_log = build_payload_logger(settings, self.metrics)
         self.draining = False
         self.exit_code = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,6 +135,8 @@ class App:
 
     async def startup(self) -> None:
         sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
+        if self.payload_log is not None:
+            self.payload_log.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._refresh_drift(), name="drift")]
         if self.load_in_background:
@@ -144,6 +149,9 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.model.close()
+        if self.payload_log is not None:
+            # What is queued gets a short chance to reach the sink; the pod is going away.
+            await asyncio.to_thread(self.payload_log.stop, 2.0)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -245,6 +253,21 @@ class App:
         self.metrics.observe_request(
             model_label, endpoint, response.status, time.perf_counter() - start
         )
+        if (
+            self.payload_log is not None
+            and endpoint in m.INFERENCE_ENDPOINTS
+            and model_label == self.model.name
+        ):
+            self._log_payload(scope, response)
+
+    def _log_payload(self, scope: Scope, response: Response) -> None:
+        """Queue the exchange for the payload log: after the answer was sent, and never failing
+        the request (the logger only queues; this guards against a bug in building events)."""
+        assert self.payload_log is not None
+        try:
+            self.payload_log.log(scope["headers"], scope.get(_BODY), response.body)
+        except Exception:
+            log.exception("payload log: could not queue an exchange")
 
     async def _answer_then_drain(
         self, response: Response, unread: int | None, receive: Receive, send: Send
@@ -349,6 +372,7 @@ class App:
         batcher.incoming += 1
         try:
             body = await self._read_body(scope, receive, limit)
+            scope[_BODY] = body
             parse = protocol.parse_v2 if route.endpoint == m.ENDPOINT_INFER else protocol.parse_v1
             request = parse(body, model.contract)
         finally:
@@ -394,6 +418,34 @@ class App:
             chunks.append(chunk)
         scope[_BODY_READ] = True
         return b"".join(chunks)
+
+
+def build_payload_logger(
+    settings: Settings, metrics: ServerMetrics
+) -> payload_log.PayloadLogger | None:
+    """The payload logger the settings ask for, or None when no sink URL is set."""
+    if settings.payload_log_url is None:
+        return None
+    for outcome in payload_log.OUTCOMES:  # every series exists from the start, at 0
+        metrics.count_payload_log(outcome, 0)
+    identity = payload_log.Identity(
+        model=settings.model_name,
+        revision=settings.model_version,
+        model_version=settings.model_version_label,
+        deployment=settings.deployment_name,
+        namespace=settings.namespace,
+    )
+    return payload_log.PayloadLogger(
+        payload_log.Sink.parse(settings.payload_log_url),
+        identity,
+        metrics.count_payload_log,
+        mode=settings.payload_log_mode,
+        sample_rate=settings.payload_log_sample_rate,
+        redact_headers=settings.redacted_headers,
+        queue_size=settings.payload_log_queue_size,
+        batch_size=settings.payload_log_batch_size,
+        timeout=settings.payload_log_timeout,
+    )
 
 
 def _unread_body(scope: Scope) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ ENV_PREFIX = "MODELSERVER_"
 FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "custom")
 MISSING_VALUE_POLICIES = ("auto", "allow", "reject")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PAYLOAD_LOG_MODES = ("requests", "responses", "both")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -140,8 +142,59 @@ class Settings:
         default=1.0,
         metadata=_opt("Python GIL switch interval, ms: lower keeps the loop responsive."),
     )
+    payload_log_url: str | None = field(
+        default=None,
+        metadata=_opt(
+            "http(s) URL of a CloudEvents sink: inference requests and responses are sent there "
+            "for audit (see modelserver.payload_log). Unset: no payload logging."
+        ),
+    )
+    payload_log_mode: str = field(
+        default="both",
+        metadata=_opt("What is logged.", choices=PAYLOAD_LOG_MODES),
+    )
+    payload_log_sample_rate: float = field(
+        default=1.0, metadata=_opt("Share of exchanges logged, 0 to 1.")
+    )
+    payload_log_redact_headers: str = field(
+        default="",
+        metadata=_opt(
+            "Comma-separated request header names whose values the sink sees as REDACTED "
+            "(authorization and cookie always are)."
+        ),
+    )
+    payload_log_queue_size: int = field(
+        default=10_000,
+        metadata=_opt("Events held for the sink at most; more are dropped and counted."),
+    )
+    payload_log_batch_size: int = field(
+        default=64, metadata=_opt("Most events sent in one go on one connection.")
+    )
+    payload_log_timeout: float = field(
+        default=2.0, metadata=_opt("Seconds to wait for the sink to connect or answer.")
+    )
+    deployment_name: str = field(
+        default="",
+        metadata=_opt("The ModelDeployment's name, for the payload log's events."),
+    )
+    namespace: str = field(
+        default="", metadata=_opt("The ModelDeployment's namespace, for the payload log's events.")
+    )
+    model_version_label: str = field(
+        default="",
+        metadata=_opt(
+            "The model's human version label (--model-version is the revision on Kubernetes), "
+            "for the payload log's events."
+        ),
+    )
     log_level: str = field(default="info", metadata=_opt("Log level.", choices=LOG_LEVELS))
     access_log: bool = field(default=False, metadata=_opt("Log every request."))
+
+    @property
+    def redacted_headers(self) -> tuple[str, ...]:
+        return tuple(
+            h.strip().lower() for h in self.payload_log_redact_headers.split(",") if h.strip()
+        )
 
     @property
     def output_list(self) -> tuple[str, ...]:
@@ -242,7 +295,7 @@ def _where(name: str) -> str:
 
 def validate(s: Settings) -> None:
     """Reject settings that cannot work, naming the setting and what is allowed."""
-    for name in ("format", "missing_values", "log_level"):
+    for name in ("format", "missing_values", "log_level", "payload_log_mode"):
         choices = next(f for f in dataclasses.fields(Settings) if f.name == name).metadata[
             "choices"
         ]
@@ -262,7 +315,8 @@ def validate(s: Settings) -> None:
                 f"{_where(name)} must be 64 hexadecimal characters (a SHA-256 digest), "
                 f"got {len(digest.strip())} characters"
             )
-    positive = ("port", "workers", "inference_threads", "max_batch_size", "max_request_bytes")
+    positive = ("port", "workers", "inference_threads", "max_batch_size", "max_request_bytes",
+                "payload_log_queue_size", "payload_log_batch_size")  # fmt: skip
     for name in (*positive, "max_request_rows", "drift_window"):
         if getattr(s, name) < 1:
             raise ConfigError(f"{_where(name)} must be at least 1, got {getattr(s, name)}")
@@ -275,5 +329,19 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"{_where('switch_interval_ms')} must be positive")
     if s.max_concurrency is not None and s.max_concurrency < 1:
         raise ConfigError(f"{_where('max_concurrency')} must be at least 1")
+    if s.payload_log_url is not None and not re.fullmatch(
+        r"https?://[^/?#\s:@]+(:\d{1,5})?([/?][!-~]*)?", s.payload_log_url
+    ):
+        raise ConfigError(
+            f"{_where('payload_log_url')}={s.payload_log_url!r} is not allowed: an http:// or "
+            "https:// URL with a host"
+        )
+    if not 0.0 <= s.payload_log_sample_rate <= 1.0:
+        raise ConfigError(
+            f"{_where('payload_log_sample_rate')} must be between 0 and 1, "
+            f"got {s.payload_log_sample_rate}"
+        )
+    if s.payload_log_timeout <= 0:
+        raise ConfigError(f"{_where('payload_log_timeout')} must be positive")
     if not s.output_list:
         raise ConfigError(f"{_where('default_outputs')} must name at least one output")

@@ -29,7 +29,9 @@ Other series: ``modelserver_inference_duration_seconds`` (one predict call, per 
 ``modelserver_batch_size`` (rows per predict call), ``modelserver_model_load_duration_seconds``,
 ``modelserver_model_ready`` (1 when the model can serve) and ``modelserver_feature_drift_psi``
 (population stability index of each input feature against the reference statistics shipped with
-the model; 0.1 to 0.25 is a moderate shift, above 0.25 a large one).
+the model; 0.1 to 0.25 is a moderate shift, above 0.25 a large one) and
+``modelserver_payload_log_events_total{outcome="sent|failed|dropped"}`` (audit events sent to the
+payload log sink, refused by it or unreachable, and dropped because the queue was full).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ MODEL_READY = "modelserver_model_ready"
 INFLIGHT_REQUESTS = "modelserver_inflight_requests"
 FEATURE_DRIFT_PSI = "modelserver_feature_drift_psi"
 DRIFT_ROWS_TOTAL = "modelserver_drift_rows_total"
+# Payload logging (modelserver.payload_log): events by outcome, sent (the sink answered 2xx),
+# failed (any other answer, or none) and dropped (the bounded queue was full).
+PAYLOAD_LOG_EVENTS_TOTAL = "modelserver_payload_log_events_total"
 
 # --- label names ---------------------------------------------------------------------------------
 LABEL_MODEL = "model"
@@ -51,6 +56,7 @@ LABEL_VERSION = "version"
 LABEL_ENDPOINT = "endpoint"
 LABEL_CODE = "code"
 LABEL_FEATURE = "feature"
+LABEL_OUTCOME = "outcome"
 
 # --- values of the ``endpoint`` label ------------------------------------------------------------
 ENDPOINT_INFER = "infer"  # POST /v2/models/{name}[/versions/{v}]/infer

@@ -78,6 +78,11 @@ class ServerMetrics:
             m.DRIFT_ROWS_TOTAL, "Rows counted into the drift statistics.", model_labels,
             registry=target,
         )  # fmt: skip
+        self.payload_log_events = Counter(
+            m.PAYLOAD_LOG_EVENTS_TOTAL, "Payload log events by outcome: sent (the sink answered "
+            "2xx), failed (another answer, or none) and dropped (the queue was full).",
+            (*model_labels, m.LABEL_OUTCOME), registry=target,
+        )  # fmt: skip
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.inference_child = self.inference_seconds.labels(model, version)
         self.batch_child = self.batch_size.labels(model, version)
@@ -102,6 +107,10 @@ class ServerMetrics:
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_child.observe(rows)
         self.inference_child.observe(seconds)
+
+    def count_payload_log(self, outcome: str, events: int) -> None:
+        """Called from the payload log's sender thread and the event loop alike (thread-safe)."""
+        self.payload_log_events.labels(self.model, self.version, outcome).inc(events)
 
     def set_ready(self, ready: bool) -> None:
         self.ready.labels(self.model, self.version).set(1 if ready else 0)

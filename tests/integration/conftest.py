@@ -19,6 +19,8 @@ __all__ = ["OperatorProcess", "Traffic", "free_port", "kget"]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
+# The serving image with models baked in (the `model_image` fixture).
+MODEL_IMAGE = "localhost/modeldeploy/modelserver-models:test"
 
 
 @pytest.fixture(scope="session")
@@ -49,10 +51,40 @@ def operator(cluster, namespace, crds, tmp_path) -> Iterator[OperatorProcess]:
         print(f"--- operator log ({process.log_path}) ---\n{process.log()[-6000:]}")
 
 
+@pytest.fixture
+def restricted(cluster, namespace) -> str:
+    """The test namespace enforcing the restricted Pod Security Standard (as the
+    namespaced install's `models` namespace does)."""
+    cluster.kubectl(
+        "label", "namespace", namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )  # fmt: skip
+    return namespace
+
+
 @pytest.fixture(scope="session")
 def model_uris(tmp_path_factory) -> dict[str, str]:
     """Two real scikit-learn models with the same inputs (4 features) and different weights."""
     return train_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def model_image(real_node, model_uris, tmp_path_factory) -> str:
+    """The serving image with v1 and v2 baked in at /models/fraud/ (model-image/Dockerfile),
+    built once with the images' builder (cached by its inputs) and imported into the real node."""
+    from devcluster import images
+
+    context = tmp_path_factory.mktemp("model-image")
+    for version in ("v1", "v2"):
+        source = Path(model_uris[version].removeprefix("file://"))
+        (context / f"{version}.joblib").write_bytes(source.read_bytes())
+    spec = images.ImageSpec(
+        "model-image", Path(__file__).parent / "model-image" / "Dockerfile", context, MODEL_IMAGE
+    )
+    image = images.build_derived(spec, images.built_images()["modelserver"])
+    real_node.import_image(image.docker_archive)  # type: ignore[attr-defined]
+    return MODEL_IMAGE
 
 
 @pytest.fixture

@@ -75,6 +75,19 @@ def rolled_back(cluster, namespace: str) -> bool:
     return bool(status(cluster, namespace).get("lastRollback"))
 
 
+def wait_drained_after_rollback(cluster, namespace: str, timeout: float = 30) -> dict:
+    """Status once a recorded rollback has scaled the canary away. `lastRollback` is written in
+    the pass that decides it, with phase RollingBack while the canary still has replicas; the
+    next pass says Degraded. Reading the phase right after `rolled_back` races that pass (it lost
+    on a loaded machine)."""
+    wait_until(
+        lambda: status(cluster, namespace).get("phase") != "RollingBack",
+        timeout,
+        "the rolled-back canary scaled away (phase no longer RollingBack)",
+    )
+    return status(cluster, namespace)
+
+
 def events(cluster, namespace: str) -> list[dict]:
     return kget(cluster, "events", "-n", namespace)["items"]
 

@@ -25,6 +25,7 @@ from mdkit import (
     service_selector,
     stable_then_custom_canary,
     status,
+    wait_drained_after_rollback,
     wait_stable,
 )
 
@@ -101,7 +102,7 @@ def test_canary_whose_pods_never_turn_ready_is_rolled_back_after_the_deadline(
     apply(cluster, namespace, bad)
 
     wait_until(lambda: rolled_back(cluster, namespace), 60, "rollback")
-    s = status(cluster, namespace)
+    s = wait_drained_after_rollback(cluster, namespace)
     record = s["lastRollback"]
     assert record["check"] == "podsReady"
     assert "0/" in record["observedValue"] and record["threshold"] == "all ready within 10s"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import kget
 from devcluster import wait_until
-from mdkit import apply, rolled_back, service_selector, status, wait_stable
-from nodekit import INFER_BODY, PLACEMENT, SERVING_IMAGE, http, pods, ready
+from mdkit import apply, deployments, rolled_back, service_selector, status, wait_stable
+from nodekit import INFER_BODY, PLACEMENT, SERVING_IMAGE, ServiceLoad, http, pods, ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
 
@@ -29,17 +29,6 @@ ROLLOUT = {
     "progressDeadline": "120s",
     "analysis": {"interval": "1s", "failureThreshold": 2, "minRequests": 5, "maxInconclusive": 30},
 }
-
-
-@pytest.fixture
-def restricted(cluster, namespace) -> str:
-    """The test namespace enforcing the restricted Pod Security Standard."""
-    cluster.kubectl(
-        "label", "namespace", namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )  # fmt: skip
-    return namespace
 
 
 @pytest.fixture
@@ -231,3 +220,82 @@ def test_cluster_ip_spreads_requests_as_the_replica_router_assumes(
     share = answered[canary] / n
     tolerance = 4.5 * math.sqrt(p * (1 - p) / n)
     assert abs(share - p) <= tolerance, (answered, p, tolerance)
+
+
+def test_model_baked_into_an_image_goes_ready_from_its_file_path(
+    cluster, restricted, real_node, model_image, model_uris, operator
+):
+    """A `file://` URI naming a path inside the image (model-image/Dockerfile): no volume, the
+    server loads what the image holds — v1's answers, not v2's."""
+    import joblib
+
+    apply(cluster, restricted, md("file:///models/fraud/v1.joblib", version="v1",
+                                  image=model_image))  # fmt: skip
+    revision = wait_stable(cluster, restricted, timeout=180)
+    x = [[1.0, -0.5, 0.0, 0.0]]
+    v1, v2 = (joblib.load(model_uris[v].removeprefix("file://")) for v in ("v1", "v2"))
+    expected = int(v1.predict(x)[0])
+    assert int(v2.predict(x)[0]) != expected  # the answer tells the two models apart
+    body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": x[0]}]}
+    running = serving_pods(cluster, restricted, revision)
+    assert len(running) == 2
+    for pod in running:
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == model_image
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MODELSERVER_MODEL_URI"] == "file:///models/fraud/v1.joblib"
+        # Only the emptyDirs the operator always declares: the model comes from the image.
+        assert {v["name"] for v in pod["spec"]["volumes"]} == {"cache", "tmp"}
+        assert ready(pod) and pod["status"]["containerStatuses"][0]["restartCount"] == 0
+        code, reply = http(f"http://{pod['status']['podIP']}:8080/v2/models/fraud/infer", body)
+        assert code == 200 and reply["model_version"] == revision
+        assert int(reply["outputs"][0]["data"][0]) == expected, reply
+
+
+def test_rolling_restart_under_load_loses_no_request(
+    cluster, restricted, real_node, model_image, operator
+):
+    """`kubectl rollout restart` of a serving Deployment (a pod-template annotation change)
+    while steady traffic goes through the Service's ClusterIP: every request is answered.
+
+    Each old pod gets SIGTERM as its endpoint is removed; the server answers not-ready but keeps
+    serving for its shutdown delay (MODELSERVER_SHUTDOWN_DELAY) while the EndpointSlice and
+    kube-proxy's rules drop it, then drains in-flight requests and exits. A server that stopped
+    at SIGTERM would refuse the connections kube-proxy still sends it.
+    """
+    apply(cluster, restricted, md("file:///models/fraud/v1.joblib", version="v1",
+                                  image=model_image))  # fmt: skip
+    revision = wait_stable(cluster, restricted, timeout=180)
+    name = deployments(cluster, restricted)[revision]["metadata"]["name"]
+    old = {p["metadata"]["name"] for p in serving_pods(cluster, restricted, revision)}
+    assert len(old) == 2
+
+    def endpoints_ready() -> int:
+        slices = kget(cluster, "endpointslices", "-n", restricted,
+                      "-l", "kubernetes.io/service-name=fraud")["items"]  # fmt: skip
+        return sum(1 for sl in slices for e in sl.get("endpoints") or []
+                   if e.get("conditions", {}).get("ready"))  # fmt: skip
+
+    wait_until(lambda: endpoints_ready() == 2, 60, "both pods behind the Service")
+    service = kget(cluster, "service", "fraud", "-n", restricted)
+    url = f"http://{service['spec']['clusterIP']}:80/v2/models/fraud/infer"
+
+    def replaced() -> bool:
+        current = serving_pods(cluster, restricted, revision)
+        names = {p["metadata"]["name"] for p in current}
+        return not (names & old) and len(current) == 2 and all(ready(p) for p in current)
+
+    with ServiceLoad(url) as load:
+        load.wait_for(50)
+        before = load.sent
+        cluster.kubectl("rollout", "restart", f"deployment/{name}", "-n", restricted)
+        # Until the old pods are gone from the API: terminated, drained and exited.
+        wait_until(replaced, 240, "both pods replaced, the old ones gone")
+        during = load.sent - before
+        load.wait_for(50)
+    assert load.failures == [], (len(load.failures), load.sent, load.failures[:20])
+    assert during >= 200, f"only {during} requests while the Deployment rolled"
+    assert sum(load.answered.values()) == load.sent and set(load.answered) == {revision}
+    # The operator left the restart alone: the template keeps kubectl's annotation.
+    template = kget(cluster, "deployment", name, "-n", restricted)["spec"]["template"]
+    assert "kubectl.kubernetes.io/restartedAt" in template["metadata"].get("annotations", {})

@@ -7,7 +7,16 @@ import sys
 from servingkit import REPO
 
 sys.path.insert(0, str(REPO / "bench" / "serving"))
-from report import BEGIN, END, Cell, WrkResult, parse_wrk, render_table, replace_section
+from report import (
+    BEGIN,
+    END,
+    Cell,
+    WrkResult,
+    overhead_lines,
+    parse_wrk,
+    render_table,
+    replace_section,
+)
 
 WRK = """Running 10s test @ http://127.0.0.1:8080/v2/models/lr/infer
   1 threads and 16 connections
@@ -53,3 +62,13 @@ def test_median_table_and_docs_section() -> None:
     twice = replace_section(once + "\nmy notes\n", "second")
     assert "first" not in twice and "second" in twice and "my notes" in twice
     assert twice.count(BEGIN) == 1 and twice.count(END) == 1
+
+
+def test_overhead_lines_compare_each_variant_with_the_base() -> None:
+    cells = {
+        ("ours", "lr", 64): Cell([WrkResult(10_000, 1, 4, 100_000, 0)]),
+        ("ours-log", "lr", 64): Cell([WrkResult(9_000, 1, 5, 90_000, 0)]),
+    }
+    labels = {"ours-log": "logging on"}
+    lines = overhead_lines("ours", ["ours-log", "ours-log-dead"], ["lr"], 64, cells, labels)
+    assert lines == ["- lr c=64 logging on: 9,000 req/s (-10% vs 10,000), p99 5.0 ms (vs 4.0 ms)"]

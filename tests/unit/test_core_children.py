@@ -166,3 +166,38 @@ def test_long_names_are_shortened_with_a_hash():
     assert len(short) == 63 and short.startswith("a" * 54)
     assert shorten(name) != shorten("a" * 69 + "b")
     assert shorten("short") == "short"
+
+
+def test_payload_logging_is_rendered_into_the_serving_env_and_makes_a_new_revision():
+    from modeldeploy.revision import revision_of
+
+    logging = {
+        "url": "http://audit-sink.monitoring.svc:8080/events",
+        "mode": "requests",
+        "sampleRate": 0.1,
+        "redactHeaders": ["X-User-Id", "x-session"],
+    }
+    md = make_md({"model": {"version": "v7"}, "serving": {"logging": logging}})
+    env = env_of(build_deployment(md, "r1", IMAGE, replicas=1))
+    assert env["MODELSERVER_PAYLOAD_LOG_URL"] == "http://audit-sink.monitoring.svc:8080/events"
+    assert env["MODELSERVER_PAYLOAD_LOG_MODE"] == "requests"
+    assert env["MODELSERVER_PAYLOAD_LOG_SAMPLE_RATE"] == "0.1"
+    assert env["MODELSERVER_PAYLOAD_LOG_REDACT_HEADERS"] == "X-User-Id,x-session"
+    assert env["MODELSERVER_DEPLOYMENT_NAME"] == md.metadata.name
+    assert env["MODELSERVER_NAMESPACE"] == md.metadata.namespace
+    assert env["MODELSERVER_MODEL_VERSION_LABEL"] == "v7"
+    # The server reads these variables back into the same settings.
+    from modelserver.config import load_settings
+
+    settings = load_settings([], env)
+    assert settings.payload_log_url == logging["url"]
+    assert settings.payload_log_sample_rate == 0.1
+    assert settings.redacted_headers == ("x-user-id", "x-session")
+    # Off by default, and a change to logging is a change to the pod template: a canary.
+    plain = make_md({"model": {"version": "v7"}})
+    assert not [k for k in env_of(build_deployment(plain, "r1", IMAGE, 1)) if "PAYLOAD" in k]
+    assert revision_of(md, IMAGE) != revision_of(plain, IMAGE)
+    sampled_more = make_md(
+        {"model": {"version": "v7"}, "serving": {"logging": {**logging, "sampleRate": 0.5}}}
+    )
+    assert revision_of(sampled_more, IMAGE) != revision_of(md, IMAGE)

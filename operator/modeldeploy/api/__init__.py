@@ -22,7 +22,7 @@ from .resource import (
 )
 from .rollout import FailurePolicy, Rollout
 from .scaling import AutoscalingPlan, Scaling
-from .serving import RESERVED_LABEL_PREFIX, Serving
+from .serving import RESERVED_LABEL_PREFIX, PayloadLogging, PayloadLogMode, Serving
 from .spec import ModelDeploymentSpec
 from .status import (
     AnalysisStatus,
@@ -68,6 +68,8 @@ __all__ = [
     "ModelDeploymentStatus",
     "ModelFormat",
     "ModelSpec",
+    "PayloadLogMode",
+    "PayloadLogging",
     "Phase",
     "RejectedRevision",
     "RollbackRecord",

@@ -171,6 +171,76 @@ def _label_key_rules(what: str) -> Rules:
     )
 
 
+class PayloadLogMode(StrEnum):
+    """Which side of each sampled inference exchange is logged."""
+
+    REQUESTS = "requests"
+    RESPONSES = "responses"
+    BOTH = "both"
+
+
+SINK_URL = r"^https?://[^/?#\s:@]+(:[0-9]{1,5})?([/?][!-~]*)?$"
+HTTP_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class PayloadLogging(ApiModel):
+    """Audit logging: the model server sends sampled inference requests and responses to a sink.
+
+    Each exchange becomes CloudEvents in HTTP binary mode with KServe's logger's event types
+    (org.kubeflow.serving.inference.request / .response) and a ce-id shared by the request and
+    its response. Sending is asynchronous from a bounded queue: a slow or dead sink drops events
+    (counted in modelserver_payload_log_events_total), never delays or fails inference.
+    """
+
+    url: Annotated[str, Field(max_length=2048, pattern=SINK_URL)] = Field(
+        description=(
+            "http:// or https:// URL the events are POSTed to, for example "
+            "http://audit-sink.monitoring.svc:8080/events."
+        ),
+    )
+    mode: PayloadLogMode = Field(
+        default=PayloadLogMode.BOTH,
+        description="What is logged: requests, responses or both (paired by ce-id).",
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of inference exchanges logged, from 0 to 1 (0.1 logs about one in ten); a "
+            "sampled exchange is logged whole, request and response."
+        ),
+    )
+    redact_headers: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256, pattern=HTTP_HEADER_NAME)]],
+        Field(max_length=32),
+    ] = Field(
+        default_factory=list,
+        description=(
+            "Request header names (any case) whose values the sink sees as REDACTED in the "
+            "request event's ce-metadata. Authorization, Cookie and Proxy-Authorization always "
+            "are. Only with mode requests or both: response events carry no request headers."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "self.mode != 'responses' || !has(self.redactHeaders)"
+                " || self.redactHeaders.size() == 0"
+            ),
+            message=(
+                "redactHeaders needs mode requests or both: with mode responses no request "
+                "headers are logged"
+            ),
+            check=lambda p: p.mode != PayloadLogMode.RESPONSES or not p.redact_headers,
+            field_path=".redactHeaders",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
 class Serving(ApiModel):
     """The serving pods: image, resources, placement, auth and batching."""
 
@@ -260,5 +330,12 @@ class Serving(ApiModel):
         description=(
             "Longest a request waits for others to join its batch, in milliseconds. The server "
             "only waits while there is concurrent load, so single requests are not delayed."
+        ),
+    )
+    logging: PayloadLogging | None = Field(
+        default=None,
+        description=(
+            "Payload logging for audit: inference requests and responses sent as CloudEvents to "
+            "an HTTP sink. Unset: nothing is logged."
         ),
     )
