@@ -130,7 +130,7 @@ class FaultProxy:
                     if not data:
                         return
                     pair[source].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: _cut_all closed a socket (fd -1) under select
             return
         finally:
             for conn in (client, server):

@@ -321,20 +321,50 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
     serving = {"env": [{"name": "MODELSERVER_REFERENCE_STATS_URI", "value": f"file://{reference}"}]}
     rollout = {**FAST_ROLLOUT, "analysis": {**FAST_ROLLOUT["analysis"], "compareMetadata": False}}
     stable_body = body(model_uris["v1"], rollout, serving)
+    # The failing canary is held (onFailure Pause) until Prometheus has scraped it: a rate needs
+    # two scrapes of each series, and a canary rolled back within its first seconds (the default
+    # on a fast machine) can be gone after one scrape on a loaded one.
+    held = {**rollout, "onFailure": "Pause"}
     canary_body = body(
-        model_uris["v1"], rollout, serving, format="custom", customClass="fault_models:FailingModel"
+        model_uris["v1"], held, serving, format="custom", customClass="fault_models:FailingModel"
     )
     for md in (stable_body, canary_body):  # one server per revision: the least work that shows both
         md["spec"]["scaling"] = {"replicas": 1}
+    queries = dashboard_queries(namespace)
+    seen: dict[str, Any] = {}
+
+    def both_revisions_on_the_panels() -> bool:
+        """Requests by revision shows both; the error ratio shows the canary's 5xx."""
+        seen["revisions"] = {
+            r["metric"]["version"] for r in prometheus.query(queries["Requests by revision/A"])
+        }
+        seen["errors"] = {
+            r["metric"]["version"]: float(r["value"][1])
+            for r in prometheus.query(queries["Error ratio (5xx) by revision/A"])
+        }
+        return len(seen["revisions"]) == 2 and max(seen["errors"].values(), default=0) > 0.05
+
     traffic = Traffic(pod_runner, "fraud").start()
     try:
         apply(cluster, namespace, stable_body)
         stable = wait_stable(cluster, namespace)
         apply(cluster, namespace, canary_body)
+        try:
+            wait_until(both_revisions_on_the_panels, 90, "both revisions on the panels")
+        except TimeoutError as error:
+            raise AssertionError(seen) from error
+        # The panels show what happened: both revisions, the canary's errors, stable's none.
+        assert stable in seen["revisions"], seen
+        assert seen["errors"][stable] == 0, seen
+        paused = lambda: status(cluster, namespace).get("phase") == "Paused"  # noqa: E731
+        wait_until(paused, 60, "the failed canary held by onFailure Pause")
+
+        # Now the default policy: the failing canary is rolled back on its error rate.
+        canary_body["spec"]["rollout"] = rollout
+        apply(cluster, namespace, canary_body)
         wait_until(lambda: rolled_back(cluster, namespace), 90, "the failing canary rolled back")
         assert status(cluster, namespace)["stableRevision"] == stable
 
-        queries = dashboard_queries(namespace)
         empty: list[str] = []
 
         def all_answer() -> bool:
@@ -348,16 +378,6 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
     finally:
         traffic.stop()
 
-    # The panels show what happened: both revisions, the canary's errors, the rollback's check.
-    revisions = {
-        r["metric"]["version"] for r in prometheus.query(queries["Requests by revision/A"])
-    }
-    assert stable in revisions and len(revisions) == 2, revisions
-    errors = {
-        r["metric"]["version"]: float(r["value"][1])
-        for r in prometheus.query(queries["Error ratio (5xx) by revision/A"])
-    }
-    assert errors[stable] == 0 and max(errors.values()) > 0.05, errors
     [rollbacks] = prometheus.query(queries["Rollbacks by failed check/A"])
     assert rollbacks["metric"]["reason"] == "errorRate"
     drift = prometheus.query(queries["Feature drift (PSI)/A"])
