@@ -47,7 +47,7 @@ def wait_stable(cluster, namespace: str, timeout: float = 60) -> str:
         s = status(cluster, namespace)
         return s.get("phase") == "Ready" and not s.get("canaryRevision")
 
-    wait_until(ready, timeout, "stable revision Ready")
+    wait_showing_status(cluster, namespace, ready, timeout, "stable revision Ready")
     return str(status(cluster, namespace)["stableRevision"])
 
 
@@ -56,8 +56,21 @@ def wait_promoted(cluster, namespace: str, old: str, timeout: float = 90) -> dic
         s = status(cluster, namespace)
         return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
 
-    wait_until(promoted, timeout, f"a revision promoted over {old}")
+    wait_showing_status(cluster, namespace, promoted, timeout, f"a revision promoted over {old}")
     return status(cluster, namespace)
+
+
+def wait_showing_status(cluster, namespace: str, check, timeout: float, what: str) -> None:
+    """wait_until, and on timeout the status the operator last wrote: where the rollout stands
+    (phase, conditions, the analysis' checks) is the first thing a failure needs to be read."""
+    try:
+        wait_until(check, timeout, what)
+    except TimeoutError as error:
+        try:
+            last = json.dumps(status(cluster, namespace), indent=1)
+        except Exception as unreadable:  # the API server itself may be what went wrong
+            last = f"(status unreadable: {unreadable})"
+        raise TimeoutError(f"{error}\nlast status:\n{last}") from None
 
 
 def deployments(cluster, namespace: str) -> dict[str, dict]:
