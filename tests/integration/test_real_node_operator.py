@@ -23,6 +23,7 @@ import yaml
 from conftest import kget
 from devcluster import wait_until
 from mdkit import apply, status, wait_promoted, wait_stable
+from modeldeploy.leader import LEASE_NAME
 from nodekit import OPERATOR_IMAGE, PLACEMENT, SERVING_IMAGE, ServiceLoad, pods, ready
 from test_manifests import ACCOUNT, authorization_failures, relocate
 
@@ -62,8 +63,9 @@ def on_the_real_node(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def installed_operator(cluster, crds, restricted, real_node) -> Iterator[dict[str, Any]]:
-    """The namespaced install watching the test's namespace, its operator pod Ready on the real
-    node. Yields the operator pod; removes the install (after the test's ModelDeployment)."""
+    """The namespaced install watching the test's namespace, both operator replicas Ready on the
+    real node and one of them holding the leader Lease. Yields the leader's pod; removes the
+    install (after the test's ModelDeployment)."""
     suffix = restricted.removeprefix("t-")
     operator_namespace = f"mdsys-{suffix}"
     objs = relocate(deploy_render(cluster, "namespaced"), operator_namespace, restricted, suffix)
@@ -72,23 +74,38 @@ def installed_operator(cluster, crds, restricted, real_node) -> Iterator[dict[st
         if o["kind"] not in LEFT_OUT
         and not (o["kind"] == "Namespace" and o["metadata"]["name"] == restricted)
     ]  # fmt: skip
+    [deployment] = [o for o in objs if o["kind"] == "Deployment"]
+    replicas = deployment["spec"]["replicas"]
     selector = "app.kubernetes.io/component=operator"
     try:
         cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(objs))
 
-        def operator_ready() -> bool:
+        def replicas_ready() -> bool:
             found = pods(cluster, operator_namespace, selector)
-            return len(found) == 1 and ready(found[0])
+            return len(found) == replicas and all(ready(p) for p in found)
 
-        wait_until(operator_ready, 180, "the operator pod Ready on the real node")
-        yield pods(cluster, operator_namespace, selector)[0]
+        wait_until(replicas_ready, 180, f"{replicas} operator pods Ready on the real node")
+        leader: dict[str, Any] = {}
+
+        def elected() -> bool:
+            got = cluster.kubectl(
+                "get", "lease", LEASE_NAME, "-n", operator_namespace, "-o",
+                "jsonpath={.spec.holderIdentity}", check=False,
+            )  # fmt: skip
+            holder = got.stdout.strip() if got.returncode == 0 else ""
+            found = pods(cluster, operator_namespace, selector)
+            mine = [p for p in found if holder.startswith(p["metadata"]["name"] + "_")]
+            leader.update(mine[0] if mine else {})
+            return bool(leader)
+
+        wait_until(elected, 60, "one operator pod holding the leader Lease")
+        yield leader
     finally:
         # The ModelDeployment goes while its operator still runs, then the install.
         cluster.kubectl("delete", "md", "--all", "-n", restricted, "--timeout=60s", check=False)
-        [pod] = pods(cluster, operator_namespace, selector) or [None]
-        if pod is not None:
+        for pod in pods(cluster, operator_namespace, selector):
             log = real_node.pod_log(operator_namespace, pod["metadata"]["name"], "operator")
-            print(f"--- in-cluster operator log ---\n{log[-6000:]}")
+            print(f"--- in-cluster operator log ({pod['metadata']['name']}) ---\n{log[-6000:]}")
         cluster.kubectl(
             "delete", "--ignore-not-found", "--wait=false", "-f", "-",
             input=yaml.safe_dump_all(objs), check=False,
@@ -147,9 +164,11 @@ def test_operator_in_cluster_from_its_image_carries_a_canary_to_promotion(
     assert promoted["phase"] == "Ready" and not promoted.get("lastRollback"), promoted
     for p in pods(cluster, restricted, f"modeldeploy.io/revision={canary}"):
         assert p["spec"]["nodeName"] == NODE_NAME and ready(p)
-    # Every request the operator made was allowed by the manifests' RBAC.
-    log = real_node.pod_log(operator_namespace, pod["metadata"]["name"], "operator")
-    assert log.strip(), "no log from the in-cluster operator"
-    failures = authorization_failures(log, strict=True)
-    assert not failures, "\n".join(failures[:10])
+    # Every request either replica made (the standby's Lease reads too) was allowed by the
+    # manifests' RBAC.
+    for replica in pods(cluster, operator_namespace, "app.kubernetes.io/component=operator"):
+        log = real_node.pod_log(operator_namespace, replica["metadata"]["name"], "operator")
+        assert log.strip(), f"no log from {replica['metadata']['name']}"
+        failures = authorization_failures(log, strict=True)
+        assert not failures, "\n".join(failures[:10])
     assert status(cluster, restricted)["stableRevision"] == canary
