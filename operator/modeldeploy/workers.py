@@ -10,7 +10,10 @@ logs one line and comes back with back-off; a due analysis or step comes back ex
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import time
+import traceback
 
 from kubernetes.client.exceptions import ApiException
 
@@ -147,8 +150,49 @@ def sweep_forever(runtime: Runtime) -> None:
                 runtime.queue.add(key, SWEEP)
 
 
+def slow_passes(
+    activity: dict[str, tuple[float, str]],
+    now: float,
+    after: float,
+    reported: set[tuple[str, float]],
+) -> list[tuple[str, str, float]]:
+    """The passes to report as slow: busy for more than `after` seconds and not reported yet
+    (one report per pass, keyed by worker and start). Returns (worker, activity, seconds).
+
+    Example: worker-1 in "pass of ml/fraud" since 40 s ago, after 30 → reported once; the same
+    worker's next pass is a new one.
+    """
+    found = []
+    for worker, (since, what) in sorted(activity.items()):
+        if what != "idle" and now - since > after and (worker, since) not in reported:
+            reported.add((worker, since))
+            found.append((worker, what, now - since))
+    return found
+
+
+def report_slow_passes(runtime: Runtime) -> None:
+    """Log a pass that runs far longer than passes do (milliseconds), with where its thread is:
+    a pass that hangs holds its ModelDeployment (one pass per object at a time), and without this
+    the only sign is a rollout that stops moving. /healthz fails later
+    (MODELDEPLOY_STUCK_SECONDS)."""
+    after = max(10.0, runtime.config.stuck_seconds / 4)
+    reported: set[tuple[str, float]] = set()
+    while not runtime.stop.wait(after / 3):
+        threads = {t.name: t.ident for t in threading.enumerate()}
+        frames = sys._current_frames()
+        for worker, what, seconds in slow_passes(
+            dict(runtime.activity), time.monotonic(), after, reported
+        ):
+            frame = frames.get(threads.get(worker) or -1)
+            where = "".join(traceback.format_stack(frame)[-6:]) if frame else "(no stack)"
+            log.warning("%s has been in the %s for %.0fs, at:\n%s", worker, what, seconds, where)
+
+
 def start_workers(runtime: Runtime) -> None:
     for index in range(runtime.config.workers):
         name = f"worker-{index}"
         threading.Thread(target=work, args=(runtime, name), name=name, daemon=True).start()
     threading.Thread(target=sweep_forever, args=(runtime,), name="sweep", daemon=True).start()
+    threading.Thread(
+        target=report_slow_passes, args=(runtime,), name="slow-passes", daemon=True
+    ).start()

@@ -110,3 +110,22 @@ def test_workers_block_until_work_arrives_and_stop_on_shutdown():
     queue.shutdown()
     thread.join(timeout=5)
     assert got == ["a", "b"] and stopped.is_set()
+
+
+# ------------------------------------------------------------------ slow passes are reported once
+def test_a_slow_pass_is_reported_once_and_the_next_pass_of_the_worker_again() -> None:
+    from modeldeploy.workers import slow_passes
+
+    reported: set[tuple[str, float]] = set()
+    activity = {
+        "worker-0": (100.0, "pass of ml/fraud"),  # 45 s: slow
+        "worker-1": (140.0, "pass of ml/churn"),  # 5 s: fine
+        "worker-2": (10.0, "idle"),  # idle for long: not a pass
+    }
+    assert slow_passes(activity, 145.0, 30.0, reported) == [("worker-0", "pass of ml/fraud", 45.0)]
+    assert slow_passes(activity, 160.0, 30.0, reported) == []  # the same pass: said already
+    activity["worker-0"] = (150.0, "pass of ml/fraud")  # its next pass, slow in turn
+    assert slow_passes(activity, 190.0, 30.0, reported) == [
+        ("worker-0", "pass of ml/fraud", 40.0),
+        ("worker-1", "pass of ml/churn", 50.0),
+    ]
