@@ -311,12 +311,14 @@ class Buildah:
 
     def build(self, spec: ImageSpec, tag: str, build_args: dict[str, str], log_path: Path) -> None:
         """`buildah bud`: RUN steps chrooted with the host's network, and the host's CA bundle
-        bind-mounted over the image's for their duration only."""
+        bind-mounted over the image's for their duration only. Intermediate layers are kept
+        (--layers): the Dockerfiles install dependencies before copying the code, so a code
+        change rebuilds only the steps after its COPY."""
         mounts = []
         if HOST_CA_BUNDLE.exists():
             mounts = [f"--volume={HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
         argv = [
-            "bud", "--isolation=chroot", "--network=host", "--pull=never", "--layers=false",
+            "bud", "--isolation=chroot", "--network=host", "--pull=never", "--layers=true",
             *mounts,
             *[f"--build-arg={k}={v}" for k, v in build_args.items()],
             f"--tag={tag}", f"--file={spec.dockerfile}", str(spec.context),

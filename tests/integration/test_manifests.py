@@ -890,16 +890,22 @@ def failed_creates(cluster, namespace: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the operator image
-def dockerfile_install() -> tuple[list[tuple[str, str]], str]:
-    """(COPY sources and targets, the pip install command) of the Dockerfile's build stage."""
-    build = DOCKERFILE.read_text().split("\nFROM ")[1]
-    pip = re.search(r"^RUN (/opt/modeldeploy/bin/pip install .+)$", build, re.M)
-    assert pip, "the build stage must RUN /opt/modeldeploy/bin/pip install ..."
+def dockerfile_install() -> tuple[list[tuple[str, str]], list[str]]:
+    """(COPY sources and targets, the RUN commands after the venv's) of the Dockerfile,
+    continuation lines joined."""
+    build = DOCKERFILE.read_text().replace("\\\n", " ")
+    runs = re.findall(r"^RUN (.+)$", build, re.M)
+    venv = "python -m venv /opt/modeldeploy"
+    assert venv in runs, runs
+    runs = runs[runs.index(venv) + 1 :]
+    assert any("/opt/modeldeploy/bin/pip install" in r for r in runs), (
+        "the Dockerfile must pip install into the venv"
+    )
     copies = []
     for line in re.findall(r"^COPY (?!--from)(.+)$", build, re.M):
         *sources, target = line.split()
         copies += [(source, target) for source in sources]
-    return copies, pip.group(1)
+    return copies, runs
 
 
 def base_python() -> str:
@@ -926,7 +932,7 @@ def image_venv() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="modeldeploy-operator-image-"))
     root.chmod(0o755)
     try:
-        copies, pip_command = dockerfile_install()
+        copies, commands = dockerfile_install()
         for source, target in copies:
             origin = REPO / source
             dest = root / target.lstrip("/")
@@ -937,12 +943,11 @@ def image_venv() -> Iterator[Path]:
                 shutil.copy(origin, dest / origin.name)
         venv = root / "opt" / "modeldeploy"
         subprocess.run([base_python(), "-m", "venv", str(venv)], check=True)
-        command = pip_command.replace("/opt/modeldeploy", str(venv)).replace(
-            '"/src', f'"{root}/src'
-        )
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        done = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        for command in commands:  # as the image's /bin/sh runs them, in the staged tree
+            command = command.replace("/opt/modeldeploy", str(venv)).replace("/src", f"{root}/src")
+            done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+            assert done.returncode == 0, command + done.stdout[-3000:] + done.stderr[-3000:]
         for path in (root, *root.rglob("*")):
             path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
         yield venv
