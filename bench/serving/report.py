@@ -57,15 +57,22 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
+# ghz ends a timed run by closing its connections under the calls still in flight; those calls
+# fail on the client's side ("use of closed network connection") and are not the server's errors.
+_GHZ_CLIENT_CLOSED = "use of closed network connection"
+
+
 def parse_ghz(output: str) -> WrkResult:
-    """The same summary from ``ghz --format json``: errors are calls that did not end OK."""
+    """The same summary from ``ghz --format json``: errors are calls that did not end OK,
+    except those ghz itself cut off when the run's time was up."""
     import json
 
     doc = json.loads(output)
     latencies = {int(d["percentage"]): d["latency"] / 1e6 for d in doc["latencyDistribution"]}
     count = int(doc["count"])
     ok = int((doc.get("statusCodeDistribution") or {}).get("OK", 0))
-    return WrkResult(float(doc["rps"]), latencies[50], latencies[99], count, count - ok)
+    cut = sum(n for e, n in (doc.get("errorDistribution") or {}).items() if _GHZ_CLIENT_CLOSED in e)
+    return WrkResult(float(doc["rps"]), latencies[50], latencies[99], count - cut, count - ok - cut)
 
 
 @dataclass
