@@ -95,6 +95,7 @@ class App:
         self.exit_code = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.grpc: GrpcServer | None = None
+        self._grpc_stop: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     @property
@@ -154,10 +155,17 @@ class App:
             self.grpc = GrpcServer(self)
             await self.grpc.start()
 
+    def stop_grpc_soon(self) -> None:
+        """The drain ended: gRPC refuses new calls (GOAWAY) and lets in-flight ones finish, at
+        the same time as REST closes its listener, so neither waits for the other's drain."""
+        if self.grpc is not None and self._grpc_stop is None:
+            stop = self.grpc.stop(self.settings.shutdown_timeout)
+            self._grpc_stop = asyncio.get_running_loop().create_task(stop, name="grpc-stop")
+
     async def shutdown(self) -> None:
-        if self.grpc is not None:
-            # REST has stopped accepting and drained by now; gRPC drains the same way.
-            await self.grpc.stop(self.settings.shutdown_timeout)
+        self.stop_grpc_soon()  # already under way after a drain; now for any other exit
+        if self._grpc_stop is not None:
+            await self._grpc_stop
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

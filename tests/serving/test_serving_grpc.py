@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -438,3 +439,20 @@ def test_grpc_port_settings() -> None:
         load_settings([*base, "--grpc-port", "8080"], {})
     with pytest.raises(ConfigError, match="not payload-logged"):
         load_settings([*base, "--grpc-port", "9000", "--payload-log-url", "http://sink"], {})
+
+
+def test_sigterm_drains_grpc_like_rest(start_server: Any, models: Any) -> None:
+    """After SIGTERM: not ready at once, calls still served during the delay, then exit 0."""
+    port = free_port()
+    server = start_server("--model-uri", str(models.lr), "--grpc-port", str(port),
+                          "--shutdown-delay", "5")  # fmt: skip
+    server.wait_ready()
+    client = Grpc(port)
+    infer = infer_request(models.x[:2], model="model")
+    server.proc.send_signal(signal.SIGTERM)
+    while client("ServerReady", pb.ServerReadyRequest()).ready:
+        assert server.proc.poll() is None, server.log()
+    assert client("ModelReady", pb.ModelReadyRequest(name="model")).ready is False
+    assert len(outputs_of(client("ModelInfer", infer))["predict"][2]) == 2  # still served
+    assert server.proc.wait(60) == 0, server.log()
+    client.channel.close()
