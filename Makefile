@@ -115,7 +115,7 @@ bench-rollout: venv control-plane ## Time rollbacks per fault kind and a good ca
 
 ##@ Serving
 .PHONY: bench-serving
-bench-serving: venv ## Benchmark the serving image vs MLServer, KServe and a naive app (~30 min); writes docs/benchmarks.md.
+bench-serving: venv ## Benchmark the serving image (REST and gRPC) vs MLServer, KServe and a naive app (~1 h); writes docs/benchmarks.md.
 	$(PY) bench/serving/run.py --write-docs $(BENCH_ARGS)
 
 .PHONY: serve-demo

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 BEGIN = "<!-- serving-bench:begin -->"
 END = "<!-- serving-bench:end -->"
+# The gRPC rows have their own markers, so a gRPC-only run rewrites only them.
+GRPC_BEGIN = "<!-- serving-grpc-bench:begin -->"
+GRPC_END = "<!-- serving-grpc-bench:end -->"
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -52,6 +55,24 @@ def parse_wrk(output: str) -> WrkResult:
     return WrkResult(
         float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(count.group(1)), errors
     )
+
+
+# ghz ends a timed run by closing its connections under the calls still in flight; those calls
+# fail on the client's side ("use of closed network connection") and are not the server's errors.
+_GHZ_CLIENT_CLOSED = "use of closed network connection"
+
+
+def parse_ghz(output: str) -> WrkResult:
+    """The same summary from ``ghz --format json``: errors are calls that did not end OK,
+    except those ghz itself cut off when the run's time was up."""
+    import json
+
+    doc = json.loads(output)
+    latencies = {int(d["percentage"]): d["latency"] / 1e6 for d in doc["latencyDistribution"]}
+    count = int(doc["count"])
+    ok = int((doc.get("statusCodeDistribution") or {}).get("OK", 0))
+    cut = sum(n for e, n in (doc.get("errorDistribution") or {}).items() if _GHZ_CLIENT_CLOSED in e)
+    return WrkResult(float(doc["rps"]), latencies[50], latencies[99], count - cut, count - ok - cut)
 
 
 @dataclass
@@ -114,13 +135,19 @@ def render_table(
     return "\n".join(out)
 
 
-def replace_section(document: str, generated: str, heading: str = "## Serving") -> str:
+def replace_section(
+    document: str,
+    generated: str,
+    heading: str = "## Serving",
+    begin: str = BEGIN,
+    end: str = END,
+) -> str:
     """Put ``generated`` between the markers in the Serving section, creating what is missing."""
-    block = f"{BEGIN}\n{generated.rstrip()}\n{END}"
-    if BEGIN in document and END in document:
-        start = document.index(BEGIN)
-        end = document.index(END) + len(END)
-        return document[:start] + block + document[end:]
+    block = f"{begin}\n{generated.rstrip()}\n{end}"
+    if begin in document and end in document:
+        start = document.index(begin)
+        stop = document.index(end) + len(end)
+        return document[:start] + block + document[stop:]
     if heading not in document:
         base = document.rstrip() + "\n\n" if document.strip() else "# Benchmarks\n\n"
         return f"{base}{heading}\n\n{block}\n"

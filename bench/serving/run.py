@@ -7,8 +7,14 @@ bench/serving/requirements-*.txt, with the dev venv's scikit-learn version pinne
 unpickles the same model the same way). Rounds interleave the servers so drift on the machine
 hits all of them alike; the table reports the median of the rounds.
 
+The gRPC rows (servers named *-grpc) put the same models behind the Open Inference Protocol's
+GRPCInferenceService: modelserver's and MLServer's gRPC servers, loaded by ghz (one CPU, one
+connection per concurrent caller) with a ModelInfer of 1 and of 32 rows (typed FP32 contents),
+written to their own table.
+
     make bench-serving                     # or: .venv/bin/python bench/serving/run.py --write-docs
     .venv/bin/python bench/serving/run.py --duration 3 --rounds 1 --servers ours,naive  # quick
+    .venv/bin/python bench/serving/run.py --servers ours-grpc,mlserver-grpc  # gRPC rows only
 """
 
 from __future__ import annotations
@@ -31,7 +37,18 @@ from pathlib import Path
 from devcluster.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import Cell, overhead_lines, parse_wrk, ratio_lines, render_table, replace_section
+from report import (
+    END,
+    GRPC_BEGIN,
+    GRPC_END,
+    Cell,
+    overhead_lines,
+    parse_ghz,
+    parse_wrk,
+    ratio_lines,
+    render_table,
+    replace_section,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "bench" / "serving"
@@ -49,7 +66,13 @@ LABELS = {
     "naive": "naive uvicorn app (floor)",
     "ours-log": "modelserver, payload logging on (every exchange, to a local sink)",
     "ours-log-dead": "modelserver, payload logging to a dead sink (closed port)",
+    "ours-grpc": "modelserver (this repo), gRPC",
+    "mlserver-grpc": "MLServer 1.7.1, default, gRPC",
+    "mlserver-batch-grpc": "MLServer 1.7.1, adaptive batching 32/5 ms, gRPC",
 }
+GRPC_SERVERS = ("ours-grpc", "mlserver-grpc", "mlserver-batch-grpc")
+GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.120.0"
+PROTO = REPO / "serving_image" / "modelserver" / "proto" / "grpc_predict_v2.proto"
 ALL_SERVERS = list(LABELS)
 # Payload logging's overhead is measured where it matters most, at the highest concurrency; the
 # other concurrencies of these rows stay empty ("-") to keep the run's length.
@@ -70,6 +93,60 @@ def ensure_wrk() -> str:
     subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
     return shutil.which("wrk") or "wrk"
+
+
+def ensure_ghz() -> str:
+    """ghz, the gRPC load generator, built with ``go install`` into .bench/bin (once)."""
+    path = shutil.which("ghz") or str(BENCH / "bin" / "ghz")
+    if os.path.exists(path):
+        return path
+    log(f"ghz not found: go install {GHZ_MODULE} into {BENCH / 'bin'}")
+    env = {**os.environ, "GOBIN": str(BENCH / "bin")}
+    subprocess.run(["go", "install", GHZ_MODULE], check=True, env=env)
+    return path
+
+
+def grpc_bodies(rows_list: list[int]) -> dict[int, Path]:
+    """Serialized ModelInferRequests of 1 and 32 rows (the REST body's row, repeated)."""
+    from modelserver.proto import pb
+
+    row = json.loads((WORK / "models" / "body.json").read_text())["inputs"][0]["data"]
+    out = {}
+    for rows in rows_list:
+        req = pb.ModelInferRequest(model_name="MODEL")
+        tensor = req.inputs.add(name="input-0", datatype="FP32", shape=[rows, N_FEATURES])
+        tensor.contents.fp32_contents.extend(row * rows)
+        out[rows] = WORK / "models" / f"grpc-{rows}.bin"
+        out[rows].write_bytes(req.SerializeToString())
+    return out
+
+
+def grpc_body(bodies: dict[int, Path], rows: int, model: str) -> Path:
+    """The request for ``model``: the same message with the model's name."""
+    from modelserver.proto import pb
+
+    req = pb.ModelInferRequest.FromString(bodies[rows].read_bytes())
+    req.model_name = model
+    path = WORK / "models" / f"grpc-{model}-{rows}.bin"
+    path.write_bytes(req.SerializeToString())
+    return path
+
+
+def grpc_key(model: str, rows: int) -> str:
+    """The table's name for one model and request size, e.g. 'lr, 32 rows'."""
+    return f"{model}, {rows} row{'s' if rows != 1 else ''}"
+
+
+def run_ghz(ghz: str, port: int, conns: int, seconds: int, body: Path) -> str:
+    argv = [ghz, "--insecure", "--proto", str(PROTO), "--import-paths", str(PROTO.parent),
+            "--call", "inference.GRPCInferenceService.ModelInfer", "--binary",
+            "--binary-file", str(body), "--cpus", "1", "-c", str(conns),
+            "--connections", str(conns), "-z", f"{seconds}s", "--timeout", "10s",
+            "--format", "json", f"127.0.0.1:{port}"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if not done.stdout.strip():
+        raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
 
 
 def sklearn_version() -> str:
@@ -128,12 +205,19 @@ class Launch:
     ready_path: str
     infer_path: str
     cwd: Path | None = None
+    grpc_port: int | None = None
 
 
 def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None) -> Launch:
     port = free_port()
     infer = f"/v2/models/{model}/infer"
     ready = f"/v2/models/{model}/ready"
+    if server == "ours-grpc":
+        grpc_port = free_port()
+        argv = [str(DEV_PYTHON), "-m", "modelserver", "--model-uri", str(path), "--model-name",
+                model, "--host", "127.0.0.1", "--port", str(port),
+                "--grpc-port", str(grpc_port)]  # fmt: skip
+        return Launch(argv, {}, port, "/v2/health/ready", infer, grpc_port=grpc_port)
     if server in ("ours", "ours-nofast", *LOGGING_SERVERS):
         argv = [str(DEV_PYTHON), "-m", "modelserver", "--model-uri", str(path), "--model-name",
                 model, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -158,7 +242,8 @@ def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None
         root = WORK / "mlserver" / f"{server}-{model}"
         shutil.rmtree(root, ignore_errors=True)
         (root / model).mkdir(parents=True)
-        settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        grpc_port = free_port()
+        settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
                     "metrics_port": free_port()}  # fmt: skip
         (root / "settings.json").write_text(json.dumps(settings))
         model_settings: dict[str, object] = {
@@ -166,11 +251,11 @@ def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None
             "implementation": "mlserver_sklearn.SKLearnModel",
             "parameters": {"uri": str(path)},
         }
-        if server == "mlserver-batch":
+        if server.startswith("mlserver-batch"):
             model_settings.update(max_batch_size=32, max_batch_time=0.005)
         (root / model / "model-settings.json").write_text(json.dumps(model_settings))
         argv = [str(BENCH / "mlserver" / "bin" / "mlserver"), "start", str(root)]
-        return Launch(argv, {}, port, ready, infer, cwd=root)
+        return Launch(argv, {}, port, ready, infer, cwd=root, grpc_port=grpc_port)
     raise ValueError(f"unknown server {server!r}: one of {', '.join(ALL_SERVERS)}")
 
 
@@ -289,14 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--grpc-rows", default="1,32", help="rows per ModelInfer in the gRPC rows")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = p.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
     models = [m for m in args.models.split(",") if m]
     concs = [int(c) for c in args.concurrency.split(",")]
+    grpc_rows = [int(r) for r in args.grpc_rows.split(",")]
     if busy_build():
         log("WARNING: a Go build is running; numbers will be noisy")
     wrk = ensure_wrk()
+    ghz = ensure_ghz() if set(servers) & set(GRPC_SERVERS) else ""
     WORK.mkdir(parents=True, exist_ok=True)
     for peer in {"mlserver" if s.startswith("mlserver") else s for s in servers} & {
         "mlserver",
@@ -305,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_venv(peer)
     paths = make_models()
     body = WORK / "models" / "body.json"
+    bodies = grpc_bodies(grpc_rows)
     sink = start_sink() if "ours-log" in servers else None
     sink_url = f"http://127.0.0.1:{sink.spec.port}/events" if sink is not None else None
     logged: dict[tuple[str, str], dict[str, float]] = {}
@@ -323,7 +412,25 @@ def main(argv: list[str] | None = None) -> int:
                     status = http_status(spec.port, spec.infer_path, body.read_bytes())
                     if status != 200:
                         raise RuntimeError(f"{server} answered {status} to the benchmark request")
+                    if server in GRPC_SERVERS:
+                        assert spec.grpc_port is not None
+                        for rows in grpc_rows:
+                            request = grpc_body(bodies, rows, model)
+                            key = grpc_key(model, rows)
+                            for c in concs:
+                                run_ghz(ghz, spec.grpc_port, c, args.warmup, request)
+                                result = parse_ghz(
+                                    run_ghz(ghz, spec.grpc_port, c, args.duration, request)
+                                )
+                                cells.setdefault((server, key, c), Cell()).runs.append(result)
+                                log(
+                                    f"round {rnd + 1} {key} {server:>14} c={c:<3} "
+                                    f"{result.rps:>8.0f} req/s p50 {result.p50_ms:.2f} ms "
+                                    f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
+                                )
                     for c in concs:
+                        if server in GRPC_SERVERS:
+                            break
                         if server in LOGGING_SERVERS and c != LOGGING_CONCURRENCY:
                             continue
                         run_wrk(wrk, spec.port, spec.infer_path, c, args.warmup, body)
@@ -353,40 +460,71 @@ def main(argv: list[str] | None = None) -> int:
     if sink is not None:
         sink.stop()
     med: Callable[[list[float]], float] = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    table = render_table(
-        servers, LABELS, models, concs, cells,
-        {k: med(v) for k, v in rss.items()}, {k: med(v) for k, v in ready.items()},
-    )  # fmt: skip
-    peers = [s for s in servers if s not in ("ours", "ours-nofast", *LOGGING_SERVERS)]
-    ratios = ratio_lines("ours", peers, models, concs, cells, LABELS)
     given = list(argv if argv is not None else sys.argv[1:])
     command = "python bench/serving/run.py " + " ".join(given)
     if not [a for a in given if a != "--write-docs"]:
         command = "make bench-serving` (= `.venv/bin/python bench/serving/run.py --write-docs"
-    generated = "\n".join([
-        f"Run on {dt.date.today().isoformat()}, {os.cpu_count()} cores, "
-        f"Python {sys.version.split()[0]}, "
-        f"scikit-learn {sklearn_version()}; wrk 1 thread on 127.0.0.1, one-row v2 request (20 FP32 "
-        f"features), one worker per server, median of {args.rounds} rounds of {args.duration:g} s "
-        f"(after {args.warmup:g} s warm-up). Errors = socket errors + non-2xx, summed over rounds. "
-        "RSS = the server's whole process tree after the load.",
-        "", f"Command: `{command}`", "", table,
-        "Throughput of modelserver as a multiple of each peer's, and whether its p99 is at most "
-        "the peer's:", "",
-        *ratios,
-        *([
-            "", f"Payload logging at c={LOGGING_CONCURRENCY} (warm-up included in the event "
-            "counts; every exchange sampled, request and response), against modelserver without "
-            "it:", "",
-            *overhead_lines("ours", LOGGING_SERVERS, models, LOGGING_CONCURRENCY, cells, LABELS),
-            *[f"- {model} {LABELS[server]}: events "
-              + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
-              for (server, model), counts in sorted(logged.items())],
-        ] if logged else []),
-        *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"] if unclean else []),
-    ])  # fmt: skip
-    print("\n" + generated)
-    (WORK / "results.md").write_text(generated + "\n")
+    rest_servers = [s for s in servers if s not in GRPC_SERVERS]
+    grpc_servers = [s for s in servers if s in GRPC_SERVERS]
+    generated = grpc_generated = ""
+    if rest_servers:
+        table = render_table(
+            rest_servers, LABELS, models, concs, cells,
+            {k: med(v) for k, v in rss.items()}, {k: med(v) for k, v in ready.items()},
+        )  # fmt: skip
+        peers = [s for s in rest_servers if s not in ("ours", "ours-nofast", *LOGGING_SERVERS)]
+        ratios = ratio_lines("ours", peers, models, concs, cells, LABELS)
+        generated = "\n".join([
+            f"Run on {dt.date.today().isoformat()}, {os.cpu_count()} cores, "
+            f"Python {sys.version.split()[0]}, "
+            f"scikit-learn {sklearn_version()}; wrk 1 thread on 127.0.0.1, one-row v2 request (20 FP32 "
+            f"features), one worker per server, median of {args.rounds} rounds of {args.duration:g} s "
+            f"(after {args.warmup:g} s warm-up). Errors = socket errors + non-2xx, summed over rounds. "
+            "RSS = the server's whole process tree after the load.",
+            "", f"Command: `{command}`", "", table,
+            "Throughput of modelserver as a multiple of each peer's, and whether its p99 is at most "
+            "the peer's:", "",
+            *ratios,
+            *([
+                "", f"Payload logging at c={LOGGING_CONCURRENCY} (warm-up included in the event "
+                "counts; every exchange sampled, request and response), against modelserver without "
+                "it:", "",
+                *overhead_lines("ours", LOGGING_SERVERS, models, LOGGING_CONCURRENCY, cells, LABELS),
+                *[f"- {model} {LABELS[server]}: events "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
+                  for (server, model), counts in sorted(logged.items())],
+            ] if logged else []),
+            *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"] if unclean else []),
+        ])  # fmt: skip
+    if grpc_servers:
+        keys = [grpc_key(model, rows) for model in models for rows in grpc_rows]
+        per_key = {
+            (s, grpc_key(model, rows)): med(v)
+            for (s, model), v in rss.items() for rows in grpc_rows
+        }  # fmt: skip
+        ready_key = {
+            (s, grpc_key(model, rows)): med(v)
+            for (s, model), v in ready.items() for rows in grpc_rows
+        }  # fmt: skip
+        table = render_table(grpc_servers, LABELS, keys, concs, cells, per_key, ready_key)
+        peers = [s for s in grpc_servers if s != "ours-grpc"]
+        grpc_generated = "\n".join([
+            f"Run on {dt.date.today().isoformat()}, {os.cpu_count()} cores, "
+            f"Python {sys.version.split()[0]}, scikit-learn {sklearn_version()}; ghz "
+            f"(one CPU, one connection per concurrent caller) on 127.0.0.1, ModelInfer with "
+            f"{' and '.join(str(r) for r in grpc_rows)} rows of 20 FP32 features as typed "
+            f"contents, one worker per server, median of {args.rounds} rounds of "
+            f"{args.duration:g} s (after {args.warmup:g} s warm-up). Errors = calls that did "
+            "not end OK, summed over rounds. RSS = the server's whole process tree after the load.",
+            "", f"Command: `{command}`", "", table,
+            "Throughput of modelserver's gRPC as a multiple of each peer's, and whether its p99 "
+            "is at most the peer's:", "",
+            *ratio_lines("ours-grpc", peers, keys, concs, cells, LABELS),
+            *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"]
+              if unclean and not rest_servers else []),
+        ])  # fmt: skip
+    print("\n" + generated + "\n\n" + grpc_generated)
+    (WORK / "results.md").write_text(generated + "\n\n" + grpc_generated + "\n")
     raw = {f"{s}|{m}|{c}": [r.__dict__ for r in cell.runs] for (s, m, c), cell in cells.items()}
     (WORK / "results.json").write_text(
         json.dumps(
@@ -400,7 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.write_docs:
         doc = REPO / "docs" / "benchmarks.md"
-        doc.write_text(replace_section(doc.read_text() if doc.exists() else "", generated))
+        text = doc.read_text() if doc.exists() else ""
+        if generated:
+            text = replace_section(text, generated)
+        if grpc_generated:
+            if GRPC_BEGIN not in text and END in text:  # first gRPC run: right after REST's
+                at = text.index(END) + len(END)
+                text = f"{text[:at]}\n\n### gRPC\n\n{GRPC_BEGIN}\n{GRPC_END}{text[at:]}"
+            text = replace_section(text, grpc_generated, begin=GRPC_BEGIN, end=GRPC_END)
+        doc.write_text(text)
         log(f"wrote {doc}")
     return 0
 

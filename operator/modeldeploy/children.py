@@ -128,12 +128,22 @@ def server_env(
         env["MODELSERVER_AUTH_TOKEN_FILE"] = f"{AUTH_MOUNT}/token"
     if operator_token_sha256 and requires_token(md):
         env["MODELSERVER_OPERATOR_TOKEN_SHA256"] = operator_token_sha256
+    port = grpc_port(md)
+    if port is not None:
+        env["MODELSERVER_GRPC_PORT"] = str(port)
     env.update(payload_log_env(md))
     user_env = [{"name": e.name, "value": e.value} for e in spec.serving.env]
     ours = [{"name": k, "value": v} for k, v in env.items()]
     overridden = {e["name"] for e in user_env}
     # A user's explicit variable wins over our default for the same name.
     return [e for e in ours if e["name"] not in overridden] + user_env
+
+
+def grpc_port(md: ModelDeployment) -> int | None:
+    """The gRPC port when spec.serving.grpc is enabled, else None. Nothing about gRPC is
+    rendered when it is off, so adding the field left every existing revision as it was."""
+    grpc = md.spec.serving.grpc
+    return grpc.port if grpc is not None and grpc.enabled else None
 
 
 def payload_log_env(md: ModelDeployment) -> dict[str, str]:
@@ -222,6 +232,9 @@ def build_pod_template(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    port = grpc_port(md)
+    if port is not None:
+        container["ports"].append({"name": "grpc", "containerPort": port, "protocol": "TCP"})
     if serving.storage_secret_ref:
         container["envFrom"] = [{"secretRef": {"name": serving.storage_secret_ref.name}}]
     labels = {**common_labels(md.metadata.name), **serving.pod_labels, REVISION: revision}
@@ -286,6 +299,21 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
     """The Service clients call. It selects every revision's pods: with the replica router the
     traffic split is the ratio of ready pods."""
     assert md.metadata.name is not None
+    ports: list[dict[str, Any]] = [
+        {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+    ]
+    port = grpc_port(md)
+    if port is not None:
+        # h2c: gRPC without TLS, so meshes and gateways speak HTTP/2 to it rather than guess.
+        ports.append(
+            {
+                "name": "grpc",
+                "port": port,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            }
+        )
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -293,9 +321,7 @@ def build_service(md: ModelDeployment) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(md.metadata.name),
-            "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
+            "ports": ports,
         },
     }
 

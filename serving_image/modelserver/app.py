@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
@@ -26,6 +26,9 @@ from .config import Settings
 from .errors import RequestError
 from .metrics import ServerMetrics
 from .model import ServedModel
+
+if TYPE_CHECKING:
+    from .grpc_service import GrpcServer
 
 log = logging.getLogger("modelserver")
 
@@ -91,6 +94,8 @@ class App:
         self.draining = False
         self.exit_code = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.grpc: GrpcServer | None = None
+        self._grpc_stop: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     @property
@@ -143,8 +148,24 @@ class App:
             self._tasks.append(loop.create_task(self._load(), name="load-model"))
         else:
             await self._load()
+        if self.settings.grpc_port is not None:
+            # After the load when workers load first: no call lands on a worker still loading.
+            from .grpc_service import GrpcServer
+
+            self.grpc = GrpcServer(self)
+            await self.grpc.start()
+
+    def stop_grpc_soon(self) -> None:
+        """The drain ended: gRPC refuses new calls (GOAWAY) and lets in-flight ones finish, at
+        the same time as REST closes its listener, so neither waits for the other's drain."""
+        if self.grpc is not None and self._grpc_stop is None:
+            stop = self.grpc.stop(self.settings.shutdown_timeout)
+            self._grpc_stop = asyncio.get_running_loop().create_task(stop, name="grpc-stop")
 
     async def shutdown(self) -> None:
+        self.stop_grpc_soon()  # already under way after a drain; now for any other exit
+        if self._grpc_stop is not None:
+            await self._grpc_stop
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,15 +221,16 @@ class App:
                 return Route(m.ENDPOINT_MODEL_READY, "GET", v1_name)
         raise RequestError(404, f"no such endpoint: {method} {path:.200}")
 
-    def _check_model(self, route: Route) -> None:
-        if route.model != self.model.name:
+    def check_model(self, name: str | None, version: str | None) -> None:
+        """404 unless ``name`` (and ``version``, when given) is the served model (REST and gRPC)."""
+        if name != self.model.name:
             raise RequestError(
-                404, f"model {route.model!r:.100} is not served here; this server serves "
+                404, f"model {name!r:.100} is not served here; this server serves "
                 f"{self.model.name!r}"
             )  # fmt: skip
-        if route.version is not None and route.version != self.model.version:
+        if version is not None and version != self.model.version:
             raise RequestError(
-                404, f"version {route.version!r:.100} of model {self.model.name!r} is not served "
+                404, f"version {version!r:.100} of model {self.model.name!r} is not served "
                 f"here; the served version is {self.model.version!r}"
             )  # fmt: skip
 
@@ -297,16 +319,20 @@ class App:
         return Response(exc.status, protocol.dumps({"error": exc.message}), headers=headers)
 
     def _denied(self, scope: Scope, operator: bool = False) -> bool:
-        """Whether auth is on and the request carries no token good for this route.
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        return self.denied(auth, operator)
+
+    def denied(self, authorization: bytes | None, operator: bool = False) -> bool:
+        """Whether auth is on and ``authorization`` (a header or gRPC metadata value) carries no
+        token good here.
 
         The user's token is good everywhere; the operator's only where ``operator`` says so.
         """
         if self.tokens is None:
             return False
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if self.tokens.check(auth):
+        if self.tokens.check(authorization):
             return False
-        return not (operator and self.tokens.check_operator(auth))
+        return not (operator and self.tokens.check_operator(authorization))
 
     async def _handle(self, route: Route, scope: Scope, receive: Receive) -> Response:
         if not route.open and self._denied(scope, route.operator):
@@ -319,7 +345,7 @@ class App:
             )
             return Response(405, protocol.dumps({"error": msg}), headers=allow)
         if route.model is not None:
-            self._check_model(route)
+            self.check_model(route.model, route.version)
         if route.method == "POST":
             return await self._inference(route, scope, receive)
         return self._get(route)

@@ -83,6 +83,13 @@ class Settings:
     )
     host: str = field(default="127.0.0.1", metadata=_opt("Address to listen on."))
     port: int = field(default=8080, metadata=_opt("Port to listen on."))
+    grpc_port: int | None = field(
+        default=None,
+        metadata=_opt(
+            "Port for the Open Inference Protocol over gRPC (GRPCInferenceService), served next "
+            "to REST by the same batcher, auth and metrics; unset: no gRPC."
+        ),
+    )
     workers: int = field(default=1, metadata=_opt("Server processes (each loads the model)."))
     inference_threads: int = field(
         default=1, metadata=_opt("Threads running predict calls, per process.")
@@ -99,7 +106,11 @@ class Settings:
         default=10_000, metadata=_opt("Most rows in one request (413 above).")
     )
     max_concurrency: int | None = field(
-        default=None, metadata=_opt("Open connections/requests before answering 503.")
+        default=None,
+        metadata=_opt(
+            "Open connections/requests before answering 503 (and concurrent gRPC calls "
+            "before RESOURCE_EXHAUSTED)."
+        ),
     )
     auth_token_file: str | None = field(
         default=None, metadata=_opt("File holding the bearer token; enables auth.")
@@ -325,6 +336,19 @@ def validate(s: Settings) -> None:
     for name in ("max_batch_wait_ms", "shutdown_delay", "shutdown_timeout", "inline_budget_us"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{_where(name)} must not be negative, got {getattr(s, name)}")
+    if s.grpc_port is not None:
+        if not 1 <= s.grpc_port <= 65535:
+            raise ConfigError(f"{_where('grpc_port')} must be 1 to 65535, got {s.grpc_port}")
+        if s.grpc_port == s.port:
+            raise ConfigError(
+                f"{_where('grpc_port')} must differ from {_where('port')}: both are {s.port}"
+            )
+        if s.payload_log_url is not None:
+            raise ConfigError(
+                f"{_where('grpc_port')} and {_where('payload_log_url')} cannot both be set: "
+                "gRPC calls are not payload-logged, and an audit log that misses a protocol "
+                "is worse than none"
+            )
     if s.switch_interval_ms <= 0:
         raise ConfigError(f"{_where('switch_interval_ms')} must be positive")
     if s.max_concurrency is not None and s.max_concurrency < 1:

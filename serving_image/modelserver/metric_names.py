@@ -6,8 +6,11 @@ prometheus-client, and the server imports it to create the metrics, so the two c
 
 Every request-level series carries the labels ``model`` (the served model's name), ``version`` (the
 revision the operator deployed; set with ``MODELSERVER_MODEL_VERSION``), ``endpoint`` (one of the
-``ENDPOINT_*`` values below, never a raw path, so clients cannot create series) and ``code`` (the
-HTTP status code as a string).
+``ENDPOINT_*`` values below, never a raw path, so clients cannot create series), ``code`` (the
+HTTP status code as a string) and ``protocol`` (``http`` or ``grpc``). A gRPC call counts under
+the endpoint of its REST twin (ModelInfer is ``infer``) with the HTTP status REST would have
+answered (INVALID_ARGUMENT is 400, INTERNAL 500, ...: see ``GRPC_STATUS_CODES``), so the canary
+queries below cover both protocols unchanged.
 
 Canary analysis per revision (the operator builds these with the helpers at the bottom):
 
@@ -57,6 +60,23 @@ LABEL_ENDPOINT = "endpoint"
 LABEL_CODE = "code"
 LABEL_FEATURE = "feature"
 LABEL_OUTCOME = "outcome"
+LABEL_PROTOCOL = "protocol"
+
+# --- values of the ``protocol`` label ------------------------------------------------------------
+PROTOCOL_HTTP = "http"
+PROTOCOL_GRPC = "grpc"
+
+# The ``code`` a gRPC call is counted with, by gRPC status name: the HTTP status of the same
+# outcome over REST.
+GRPC_STATUS_CODES = {
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 413,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+}
 
 # --- values of the ``endpoint`` label ------------------------------------------------------------
 ENDPOINT_INFER = "infer"  # POST /v2/models/{name}[/versions/{v}]/infer

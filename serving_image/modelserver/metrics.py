@@ -39,10 +39,13 @@ class ServerMetrics:
             from prometheus_client import multiprocess
 
             multiprocess.MultiProcessCollector(registry)
-        request_labels = (m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_ENDPOINT, m.LABEL_CODE)
+        request_labels = (
+            m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_ENDPOINT, m.LABEL_CODE, m.LABEL_PROTOCOL,
+        )  # fmt: skip
         model_labels = (m.LABEL_MODEL, m.LABEL_VERSION)
         self.requests = Counter(
-            m.REQUESTS_TOTAL, "HTTP requests by model, version, endpoint and status code.",
+            m.REQUESTS_TOTAL,
+            "Requests (HTTP and gRPC) by model, version, endpoint, status code and protocol.",
             request_labels, registry=target,
         )  # fmt: skip
         self.request_seconds = Histogram(
@@ -83,14 +86,22 @@ class ServerMetrics:
             "2xx), failed (another answer, or none) and dropped (the queue was full).",
             (*model_labels, m.LABEL_OUTCOME), registry=target,
         )  # fmt: skip
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
         self.inference_child = self.inference_seconds.labels(model, version)
         self.batch_child = self.batch_size.labels(model, version)
         self.inflight_child = self.inflight.labels(model, version)
         self.ready.labels(model, version).set(0)
 
-    def observe_request(self, model_label: str, endpoint: str, code: int, seconds: float) -> None:
-        key = (model_label, endpoint, code)
+    def observe_request(
+        self,
+        model_label: str,
+        endpoint: str,
+        code: int,
+        seconds: float,
+        protocol: str = m.PROTOCOL_HTTP,
+    ) -> None:
+        """One answered request; ``code`` is an HTTP status (a gRPC call's REST equivalent)."""
+        key = (model_label, endpoint, code, protocol)
         children = self._children.get(key)
         if children is None:
             labels = (
@@ -98,6 +109,7 @@ class ServerMetrics:
                 self.version if model_label == self.model else "",
                 endpoint,
                 str(code),
+                protocol,
             )
             children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
             self._children[key] = children

@@ -202,6 +202,17 @@ def to_array(
     elif arr.dtype != target:
         with np.errstate(over="ignore"):
             arr = arr.astype(target)
+    return to_model_dtype(arr, datatype, contract, where)
+
+
+def to_model_dtype(
+    arr: np.ndarray, datatype: str, contract: InputContract, where: str
+) -> np.ndarray:
+    """Cast validated rows to the model's dtype and refuse non-finite values it cannot take.
+
+    The last step of every decoder (JSON here, protobuf in ``grpc_protocol``), so both
+    protocols accept exactly the same values.
+    """
     x = arr.astype(contract.dtype, copy=False)
     if x.dtype.kind == "f":
         _check_finite(x, where, contract.allows_missing, datatype)
@@ -225,7 +236,7 @@ def _check_finite(x: np.ndarray, where: str, allows_missing: bool, datatype: str
         )
 
 
-def _check_shape(shape: Any, contract: InputContract, where: str) -> list[int]:
+def check_shape(shape: Any, contract: InputContract, where: str) -> list[int]:
     if (
         not isinstance(shape, list)
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
@@ -249,6 +260,14 @@ def _check_shape(shape: Any, contract: InputContract, where: str) -> list[int]:
     return shape
 
 
+def check_output_name(name: str, contract: InputContract, where: str) -> None:
+    if name not in contract.output_names:
+        raise bad_request(
+            f"{where} {name!r:.60} is not an output of this model: one of "
+            f"{', '.join(contract.output_names)}"
+        )
+
+
 def _requested_outputs(doc: Mapping[str, Any], contract: InputContract) -> frozenset[str]:
     outputs = doc.get("outputs")
     if outputs is None:
@@ -260,11 +279,7 @@ def _requested_outputs(doc: Mapping[str, Any], contract: InputContract) -> froze
         name = o.get("name") if isinstance(o, dict) else None
         if not isinstance(name, str):
             raise bad_request(f"outputs[{i}] must be an object with a string 'name'")
-        if name not in contract.output_names:
-            raise bad_request(
-                f"outputs[{i}].name {name!r:.60} is not an output of this model: one of "
-                f"{', '.join(contract.output_names)}"
-            )
+        check_output_name(name, contract, f"outputs[{i}].name")
         _check_parameters(o, f"outputs[{i}].parameters")
         names.append(name)
     return frozenset(names)
@@ -303,7 +318,7 @@ def parse_v2(body: bytes, contract: InputContract) -> ParsedRequest:
         )
     if "data" not in tensor:
         raise bad_request("inputs[0].data is missing")
-    shape = _check_shape(tensor.get("shape"), contract, "inputs[0].shape")
+    shape = check_shape(tensor.get("shape"), contract, "inputs[0].shape")
     bools = may_hold_booleans(body)
     x = to_array(tensor["data"], datatype, shape, contract, "inputs[0].data", bools)
     request_id = doc.get("id")
@@ -324,7 +339,7 @@ def parse_v1(body: bytes, contract: InputContract) -> ParsedRequest:
     if not all(isinstance(r, list) for r in rows):
         raise bad_request(f"every item of '{key}' must be a row: a list of numbers")
     width = len(rows[0])
-    shape = _check_shape([len(rows), width], contract, f"{key} (as a [rows, features] shape)")
+    shape = check_shape([len(rows), width], contract, f"{key} (as a [rows, features] shape)")
     if any(len(r) != width for r in rows):
         raise bad_request(f"'{key}' is ragged: every row must have {width} values")
     x = to_array(rows, "FP64", shape, contract, key, may_hold_booleans(body))

@@ -77,6 +77,9 @@ class GracefulServer(uvicorn.Server):
                 self.modelserver_app.report_draining()
         if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
             self.should_exit = True
+            if self.modelserver_app is not None:
+                # gRPC stops taking calls now, with REST, and drains alongside it.
+                self.modelserver_app.stop_grpc_soon()
         return await super().on_tick(counter)
 
 

@@ -588,7 +588,7 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def serving_pod_templates() -> list[dict[str, Any]]:
     """Pod templates exactly as the operator builds them: for the example, and for one with its own
-    port and pod labels."""
+    port, pod labels and gRPC."""
     from modeldeploy.api import parse_model_deployment
     from modeldeploy.children import build_pod_template
 
@@ -596,7 +596,9 @@ def serving_pod_templates() -> list[dict[str, Any]]:
     example["metadata"] = {**example["metadata"], "namespace": "models"}
     custom = copy.deepcopy(example)
     custom["metadata"]["name"] = "other"
-    custom["spec"].setdefault("serving", {}).update(port=9000, podLabels={"team": "risk"})
+    custom["spec"].setdefault("serving", {}).update(
+        port=9000, podLabels={"team": "risk"}, grpc={"enabled": True, "port": 9001}
+    )
     return [
         build_pod_template(parse_model_deployment(body), "0123456789", "registry.example/ms:1")
         for body in (example, custom)
@@ -632,7 +634,8 @@ def test_networkpolicy_admits_the_operator_to_the_pods_it_builds(cluster) -> Non
         assert selects(spec["podSelector"], template["metadata"]["labels"]), template["metadata"]
         [container] = template["spec"]["containers"]
         serving = {(p["name"], p["protocol"]) for p in container["ports"]}
-        assert {(p["port"], p["protocol"]) for p in rule["ports"]} <= serving, serving
+        admitted = {(p["port"], p["protocol"]) for p in rule["ports"]}
+        assert serving <= admitted, serving  # every port it serves on: http, and grpc if on
         assert container["readinessProbe"]["httpGet"]["port"] in {p["port"] for p in rule["ports"]}
 
     # ... and nothing else: not the operator's own pod.

@@ -156,12 +156,17 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """The /metrics text parsed into {'name{labels}': value}."""
-        out = {}
-        for line in self.get("/metrics").body.decode().splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return parse_metrics(self.get("/metrics").body)
+
+
+def parse_metrics(body: bytes) -> dict[str, float]:
+    """Prometheus text into {'name{labels}': value}."""
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
 
 
 def metric(values: Mapping[str, float], name: str, **labels: str) -> float:

@@ -10,9 +10,12 @@ sys.path.insert(0, str(REPO / "bench" / "serving"))
 from report import (
     BEGIN,
     END,
+    GRPC_BEGIN,
+    GRPC_END,
     Cell,
     WrkResult,
     overhead_lines,
+    parse_ghz,
     parse_wrk,
     render_table,
     replace_section,
@@ -72,3 +75,18 @@ def test_overhead_lines_compare_each_variant_with_the_base() -> None:
     labels = {"ours-log": "logging on"}
     lines = overhead_lines("ours", ["ours-log", "ours-log-dead"], ["lr"], 64, cells, labels)
     assert lines == ["- lr c=64 logging on: 9,000 req/s (-10% vs 10,000), p99 5.0 ms (vs 4.0 ms)"]
+
+
+GHZ = """{"count": 1000, "total": 10000000000, "average": 1500000, "rps": 99.9,
+"latencyDistribution": [{"percentage": 10, "latency": 500000}, {"percentage": 50, "latency": 1250000},
+{"percentage": 99, "latency": 7000000}], "statusCodeDistribution": {"OK": 997, "Unavailable": 3},
+"errorDistribution": {"rpc error: code = Unavailable desc = error reading from server: read tcp 127.0.0.1:1->127.0.0.1:2: use of closed network connection": 2,
+"rpc error: code = Unavailable": 1}}"""
+
+
+def test_parse_ghz_and_the_grpc_section() -> None:
+    # the two calls ghz cut off at the end are neither requests nor the server's errors
+    assert parse_ghz(GHZ) == WrkResult(rps=99.9, p50_ms=1.25, p99_ms=7.0, requests=998, errors=1)
+    doc = f"## Serving\n\n{BEGIN}\nrest\n{END}\n\n### gRPC\n\n{GRPC_BEGIN}\nold\n{GRPC_END}\n"
+    new = replace_section(doc, "grpc rows", begin=GRPC_BEGIN, end=GRPC_END)
+    assert "rest" in new and "old" not in new and "grpc rows" in new

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servingkit import REPO, Server, free_port, v2_body
+from servingkit import N_FEATURES, REPO, Server, free_port, v2_body
 
 DOCKERFILE = REPO / "serving_image" / "Dockerfile"
 NOBODY = 65534
@@ -176,9 +176,10 @@ def test_image_install_serves_from_s3_as_non_root(image_venv, moto, models) -> N
         "MODELSERVER_HOST": "0.0.0.0",  # as the image sets it; the test's --host flag wins
     }
     server = None
+    grpc_port = free_port()
     try:
         server = Server(["--model-uri", "s3://models/fraud/lr.joblib", "--model-sha256", digest,
-                         "--fail-fast"], env, log_dir=writable,
+                         "--fail-fast", "--grpc-port", str(grpc_port)], env, log_dir=writable,
                         python=str(image_venv / "bin" / "python"), cwd=workdir,
                         preexec=as_nobody if unprivileged() else None)  # fmt: skip
         server.wait_ready(120)
@@ -192,6 +193,16 @@ def test_image_install_serves_from_s3_as_non_root(image_venv, moto, models) -> N
         )
         meta = server.get("/v2/models/model").json()
         assert meta["platform"] == "sklearn"
+        # gRPC from the modules the build generated (the image has no grpcio-tools to make them)
+        import grpc
+        from modelserver.proto import pb, pb_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            request = pb.ModelInferRequest(model_name="model")
+            tensor = request.inputs.add(name="input-0", datatype="FP64", shape=[3, N_FEATURES])
+            tensor.contents.fp64_contents.extend(models.x[:3].astype(float).reshape(-1).tolist())
+            answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        assert list(answer.outputs[0].contents.int64_contents) == reply.json()["outputs"][0]["data"]
         assert server.stop() == 0
     finally:
         if server is not None:
@@ -203,6 +214,8 @@ def test_image_install_serves_from_s3_as_non_root(image_venv, moto, models) -> N
     site = next((image_venv / "lib").glob("python3*/site-packages"))
     assert not (site / "kopf").exists() and not (site / "kubernetes").exists()
     assert not (site / "modeldeploy").exists()
+    assert (site / "modelserver" / "proto" / "grpc_predict_v2_pb2_grpc.py").exists()
+    assert not (site / "grpc_tools").exists()  # a build requirement only
 
 
 def test_s3_sha256_mismatch_is_reported(image_venv, moto, models, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -113,6 +113,15 @@ def test_serving_image_and_root_extras_agree() -> None:
         assert sorted(root[f"serving-{extra}"]) == sorted(deps), extra
 
 
+def test_grpcio_tools_pins_agree() -> None:
+    """The image's build compiles the proto with the grpcio-tools a source checkout uses, so the
+    generated code checked by the tests is the code the image carries."""
+    root = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    build = tomllib.loads((REPO / "serving_image" / "pyproject.toml").read_text())["build-system"]
+    pins = [d for d in (*root["dev"], *build["requires"]) if d.startswith("grpcio-tools")]
+    assert len(pins) == 2 and pins[0] == pins[1], pins
+
+
 def test_serving_package_never_imports_kubernetes() -> None:
     for path in (REPO / "serving_image" / "modelserver").rglob("*.py"):
         text = path.read_text()

@@ -201,3 +201,46 @@ def test_payload_logging_is_rendered_into_the_serving_env_and_makes_a_new_revisi
         {"model": {"version": "v7"}, "serving": {"logging": {**logging, "sampleRate": 0.5}}}
     )
     assert revision_of(sampled_more, IMAGE) != revision_of(md, IMAGE)
+
+
+def test_grpc_is_a_named_port_on_the_pods_and_an_h2c_port_on_the_service():
+    md = make_md({"serving": {"grpc": {"enabled": True}}})
+    container = build_deployment(md, "r1", IMAGE, replicas=1)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 9000, "protocol": "TCP"},
+    ]
+    assert env_of(build_deployment(md, "r1", IMAGE, replicas=1))["MODELSERVER_GRPC_PORT"] == "9000"
+    assert build_service(md)["spec"]["ports"][1] == {
+        "name": "grpc",
+        "port": 9000,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "kubernetes.io/h2c",
+    }
+    # The server reads the variable back into the same setting.
+    from modelserver.config import load_settings
+
+    env = env_of(build_deployment(md, "r1", IMAGE, replicas=1))
+    assert load_settings([], env).grpc_port == 9000
+    custom = make_md({"serving": {"grpc": {"enabled": True, "port": 50051}}})
+    assert build_service(custom)["spec"]["ports"][1]["port"] == 50051
+
+
+@pytest.mark.parametrize("grpc", [None, {}, {"enabled": False}, {"enabled": False, "port": 9001}])
+def test_grpc_off_renders_nothing_and_keeps_the_revision(grpc):
+    from modeldeploy.revision import revision_of
+
+    plain = make_md()
+    md = make_md({"serving": {"grpc": grpc}} if grpc is not None else None)
+    deployment = build_deployment(md, "r1", IMAGE, replicas=1)
+    assert [
+        p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    ] == ["http"]
+    assert "MODELSERVER_GRPC_PORT" not in env_of(deployment)
+    assert [p["name"] for p in build_service(md)["spec"]["ports"]] == ["http"]
+    assert revision_of(md, IMAGE) == revision_of(plain, IMAGE)
+    on = make_md({"serving": {"grpc": {"enabled": True}}})
+    assert revision_of(on, IMAGE) != revision_of(plain, IMAGE)  # turning it on is a canary

@@ -22,7 +22,13 @@ from .resource import (
 )
 from .rollout import FailurePolicy, Rollout
 from .scaling import AutoscalingPlan, Scaling
-from .serving import RESERVED_LABEL_PREFIX, PayloadLogging, PayloadLogMode, Serving
+from .serving import (
+    RESERVED_LABEL_PREFIX,
+    GrpcServing,
+    PayloadLogging,
+    PayloadLogMode,
+    Serving,
+)
 from .spec import ModelDeploymentSpec
 from .status import (
     AnalysisStatus,
@@ -58,6 +64,7 @@ __all__ = [
     "FailurePolicy",
     "FieldError",
     "Gateway",
+    "GrpcServing",
     "HistoryEntry",
     "InconclusivePolicy",
     "InvalidModelDeployment",

@@ -241,6 +241,42 @@ class PayloadLogging(ApiModel):
     )
 
 
+DEFAULT_PORT = 8080
+DEFAULT_GRPC_PORT = 9000
+
+
+class GrpcServing(ApiModel):
+    """The Open Inference Protocol over gRPC (its GRPCInferenceService), served next to REST.
+
+    Same model, batcher, bearer-token auth (in the authorization metadata) and metrics as REST.
+    The Service gets a port named grpc with appProtocol kubernetes.io/h2c (cleartext HTTP/2).
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Serve gRPC on port, and expose it on the Service as the port named grpc. Turning "
+            "it on or off changes the pods, so it rolls out as a new revision."
+        ),
+    )
+    port: int = Field(
+        default=DEFAULT_GRPC_PORT,
+        ge=1024,
+        le=65535,
+        description=(
+            "Container and Service port for gRPC; must differ from serving.port. At least 1024 "
+            "because the pods run as a non-root user."
+        ),
+    )
+
+
+def _grpc_on(serving: Serving) -> bool:
+    return serving.grpc is not None and serving.grpc.enabled
+
+
+_GRPC_ON = "has(self.grpc) && has(self.grpc.enabled) && self.grpc.enabled"
+
+
 class Serving(ApiModel):
     """The serving pods: image, resources, placement, auth and batching."""
 
@@ -253,7 +289,7 @@ class Serving(ApiModel):
         description="When to pull the image: Always, IfNotPresent or Never.",
     )
     port: int = Field(
-        default=8080,
+        default=DEFAULT_PORT,
         ge=1024,
         le=65535,
         description=(
@@ -337,5 +373,34 @@ class Serving(ApiModel):
         description=(
             "Payload logging for audit: inference requests and responses sent as CloudEvents to "
             "an HTTP sink. Unset: nothing is logged."
+        ),
+    )
+    grpc: GrpcServing | None = Field(
+        default=None,
+        description=(
+            "The Open Inference Protocol over gRPC next to REST, e.g. {enabled: true}. Unset: "
+            "REST only."
+        ),
+    )
+
+    __rules__ = (
+        Rule(
+            cel=(
+                f"!({_GRPC_ON}) || (has(self.grpc.port) ? self.grpc.port : {DEFAULT_GRPC_PORT})"
+                f" != (has(self.port) ? self.port : {DEFAULT_PORT})"
+            ),
+            message="grpc.port must differ from port: REST and gRPC each need their own port",
+            check=lambda s: not _grpc_on(s) or s.grpc.port != s.port,
+            field_path=".grpc.port",
+        ),
+        Rule(
+            cel=f"!({_GRPC_ON}) || !has(self.logging)",
+            message=(
+                "grpc.enabled cannot be combined with logging: gRPC calls are not payload-logged, "
+                "so the audit log would miss them"
+            ),
+            check=lambda s: not _grpc_on(s) or s.logging is None,
+            field_path=".grpc.enabled",
+            reason="FieldValueForbidden",
         ),
     )
