@@ -34,7 +34,6 @@ control-plane: ## Build kube-apiserver, controller-manager, scheduler, kubectl, 
 lint: venv ## Lint, check formatting and type-check.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -c "import modelserver.proto"  # generates the gRPC modules mypy reads (not committed)
 	$(VENV)/bin/mypy
 
 .PHONY: fmt
