@@ -6,13 +6,17 @@ are generated here on first import (see ``build``); an installed package carries
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 from .build import ensure
 
 ensure(Path(__file__).parent)
 
-from . import grpc_predict_v2_pb2 as pb  # noqa: E402
-from . import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
+# Imported by name: the modules may not exist until `ensure` made them, and a type checker in a
+# clean checkout (nothing generated yet) must not fail on them.
+pb: Any = importlib.import_module(f"{__name__}.grpc_predict_v2_pb2")
+pb_grpc: Any = importlib.import_module(f"{__name__}.grpc_predict_v2_pb2_grpc")
 
 __all__ = ["pb", "pb_grpc"]
