@@ -28,7 +28,15 @@ from .observed import (
 )
 from .planner_types import ChildRef, Event
 from .revision import SPEC_DIGEST, revision_of, spec_digest
-from .rollout import Admission, Evidence, RolloutState, next_state, parse_time, stamp
+from .rollout import (
+    Admission,
+    Evidence,
+    RolloutState,
+    next_state,
+    parse_time,
+    shadowing,
+    stamp,
+)
 from .traffic import (
     build_http_route,
     build_services,
@@ -302,6 +310,13 @@ def plan_status(
         }
         step_text = f"step {(state.step or 0) + 1}/{len(md.spec.rollout.steps)}"
         progress = f"canary {state.canary} at {state.weight}% ({step_text})"
+        shadow = md.spec.rollout.shadow
+        if shadow is not None and shadowing(md, state.analysis or {}):
+            progress = (
+                f"canary {state.canary} shadows stable at 0% (copies of "
+                f"{shadow.fraction * 100:g}% of requests, compared with stable's answers) before "
+                f"{step_text}"
+            )
         if (state.analysis or {}).get("withoutStable"):
             progress += (
                 f"; stable {state.stable} has no ready pod, so the canary is judged on its own "

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from . import shadow
 from .api import InvalidModelDeployment, ModelDeployment, parse_model_deployment
 from .children import resolve_image
 from .conditions import Condition, merge_conditions
@@ -27,7 +28,7 @@ from .naming import owned_selector
 from .observed import Observed
 from .planner import Event, Plan, plan, timestamp
 from .revision import revision_of, rollout_cause
-from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed
+from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed, in_shadow_phase
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -319,6 +320,7 @@ def reconcile(
             now=timestamp(now),
             generation=md.metadata.generation,
         )  # fmt: skip
+    _mirror(md, observed, result.status, context.tokens)
     for ref in result.delete:
         log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
         kube.delete(ref.api_version, ref.kind, namespace, ref.name)
@@ -331,6 +333,22 @@ def reconcile(
     if stored is None:
         return PassResult(Plan(), False, time.monotonic() - started)
     return PassResult(result, True, time.monotonic() - started, stored)
+
+
+def _mirror(
+    md: ModelDeployment, observed: Observed, planned: dict[str, Any], tokens: tuple[str, ...]
+) -> None:
+    """During a shadow phase, (re)configure stable's servers to mirror to the canary; when the
+    phase ends this pass (passed, rejected, replaced), stop them at once."""
+    canary = shadow.wanted(planned)
+    stable = planned.get("stableRevision")
+    if canary is not None and stable:
+        document = shadow.mirror_document(md, observed, canary)
+        if document is not None:
+            shadow.configure(md, observed, str(stable), document, tokens)
+        return
+    if in_shadow_phase(md) and md.status.stable_revision:
+        shadow.configure(md, observed, md.status.stable_revision, None, tokens)
 
 
 def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any] | None:

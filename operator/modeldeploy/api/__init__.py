@@ -20,7 +20,7 @@ from .resource import (
     parse_spec,
     parse_status,
 )
-from .rollout import FailurePolicy, Rollout
+from .rollout import FailurePolicy, Rollout, Shadow
 from .scaling import AutoscalingPlan, Scaling
 from .serving import RESERVED_LABEL_PREFIX, PayloadLogging, PayloadLogMode, Serving
 from .spec import ModelDeploymentSpec
@@ -78,6 +78,7 @@ __all__ = [
     "Router",
     "Scaling",
     "Serving",
+    "Shadow",
     "SmokeTests",
     "Traffic",
     "parse_duration",
