@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import modelserver.metric_names as names
 from prometheus_client.parser import text_string_to_metric_families
 
-from .api import CheckOutcome, MetricSourceType, ModelDeployment, parse_duration
+from .api import CheckOutcome, MetricSourceType, ModelDeployment, ShadowMirror, parse_duration
 from .children import CONTAINER
 from .judge import (
     Check,
@@ -51,6 +51,7 @@ from .judge import (
     judge_metrics,
     judge_pods,
     judge_shadow,
+    judge_shadow_alone,
 )
 from .naming import OWNER
 from .observed import Observed, pod_ready, ready_since
@@ -592,7 +593,14 @@ def gather(
         metrics = None
         shadow = md.spec.rollout.shadow
         due = gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED
+        if shadow is not None and not _phase_started(md):
+            due = False  # the shadow phase waits for the canary's pods; nothing to judge yet
         if due and shadow is not None and in_shadow_phase(md):
+            if shadow.mirror == ShadowMirror.GATEWAY:
+                ours = read_metrics(md, observed, canary, snapshots, tokens, now)
+                hold = ours.problem if ours.metrics is None else None
+                metrics = None if hold else judge_shadow_alone(analysis, ours.metrics)
+                return Evidence(pods, metrics, gates, hold, fallback_ready)
             counts = scrape_shadow(md, observed, stable, canary, snapshots, tokens)
             metrics = judge_shadow(analysis, shadow, counts)
             # Keep the canary's own window current, so its first live interval does not count
@@ -627,6 +635,11 @@ def gather(
             pods=failing, metrics=metrics, fallback_ready=has_ready_pod(observed, previous)
         )
     return Evidence()
+
+
+def _phase_started(md: ModelDeployment) -> bool:
+    analysis = md.status.analysis
+    return analysis is not None and bool(analysis.shadow_started_at or analysis.traffic_started_at)
 
 
 def forget_gone_pods(snapshots: Snapshots, observed: Observed) -> None:

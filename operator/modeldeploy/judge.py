@@ -308,6 +308,28 @@ def judge_shadow(analysis: Analysis, shadow: Shadow, metrics: ShadowMetrics | No
     return checks
 
 
+SHADOW_NAMES = {
+    "errorRate": "shadowErrorRate",
+    "latencyP99": "shadowLatencyP99",
+    "requests": "shadowRequests",
+    "metrics": "shadowMetrics",
+}
+
+
+def judge_shadow_alone(analysis: Analysis, canary: RevisionMetrics | None) -> list[Check]:
+    """The shadow phase when the gateway mirrors: the canary's own error ratio and p99 over the
+    copies it answered (it serves nothing else at 0%), as shadow checks; nothing compares its
+    answers with stable's."""
+    checks = judge_metrics(analysis, canary, None)
+    return [
+        Check(
+            SHADOW_NAMES.get(c.name, c.name), c.outcome, c.value, c.threshold, c.samples,
+            c.message.replace("canary requests", "requests mirrored to the canary"), c.hard,
+        )
+        for c in checks
+    ]  # fmt: skip
+
+
 def compare_metadata(canary: dict[str, Any], stable: dict[str, Any]) -> Check:
     """Inputs and outputs (names, datatypes, shapes) of the canary's model against stable's."""
 

@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ModelDeployment, Phase, Router, parse_duration
+from .api import ModelDeployment, Phase, Router, ShadowMirror, parse_duration
 from .children import build_deployment, build_hpa, model_url, resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
@@ -162,7 +162,13 @@ def plan_children(
     if state.scaled_to_zero == desired and state.canary is None and desired != state.stable:
         objects.append(build(desired, 0))
     objects += build_services(md, state.stable, state.canary, state.weight)
-    route = build_http_route(md, state.canary, state.weight)
+    shadow = md.spec.rollout.shadow
+    mirror = (
+        shadow is not None
+        and shadow.mirror == ShadowMirror.GATEWAY
+        and shadowing(md, state.analysis or {})
+    )
+    route = build_http_route(md, state.canary, state.weight, mirror)
     if route is not None:
         objects.append(route)
     hpa = build_hpa(md, deployment_name(name, state.stable))

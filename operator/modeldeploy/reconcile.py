@@ -17,7 +17,12 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from . import shadow
-from .api import InvalidModelDeployment, ModelDeployment, parse_model_deployment
+from .api import (
+    InvalidModelDeployment,
+    ModelDeployment,
+    ShadowMirror,
+    parse_model_deployment,
+)
 from .children import resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
@@ -340,6 +345,9 @@ def _mirror(
 ) -> None:
     """During a shadow phase, (re)configure stable's servers to mirror to the canary; when the
     phase ends this pass (passed, rejected, replaced), stop them at once."""
+    spec = md.spec.rollout.shadow
+    if spec is None or spec.mirror != ShadowMirror.SERVER:
+        return  # no shadow, or the gateway mirrors (the HTTPRoute's filter)
     canary = shadow.wanted(planned)
     stable = planned.get("stableRevision")
     if canary is not None and stable:

@@ -466,8 +466,7 @@ def _advance(
         analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
     if not gated_before and _gates_ok(md, analysis):
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
-        _after_gates(md, state, analysis, evidence, now)
-    elif not needed_gates(md) and not _started(analysis):
+    if _gates_ok(md, analysis) and not _started(analysis):
         _after_gates(md, state, analysis, evidence, now)
     if not evidence.fallback_ready and not analysis.get("withoutStable"):
         analysis["withoutStable"] = True
@@ -481,7 +480,9 @@ def _advance(
     step = state.step or 0
     gates_ok = _gates_ok(md, analysis)
     shadow_now = shadowing(md, analysis)
-    state.weight = steps[step] if gates_ok and not shadow_now else 0
+    # With a shadow phase asked for, no live traffic before it passed (or was skipped).
+    before_traffic = md.spec.rollout.shadow is not None and not analysis.get("trafficStartedAt")
+    state.weight = steps[step] if gates_ok and not before_traffic else 0
     if failed is not None:
         if not evidence.fallback_ready:
             return _fail_without_fallback(md, state, failed)
@@ -541,11 +542,15 @@ def _after_gates(
     now: dt.datetime,
 ) -> None:
     """The gates passed: live traffic starts, or first the shadow phase when one is asked for
-    and stable has a ready pod to mirror from (alone, the canary is judged on its own)."""
+    and stable has a ready pod to mirror from (alone, the canary is judged on its own). The
+    phase waits for every canary pod to be Ready, so its intervals are not spent on pods that
+    cannot answer yet."""
     shadow = md.spec.rollout.shadow
     if shadow is None or not evidence.fallback_ready:
         analysis["trafficStartedAt"] = stamp(now)
         return
+    if evidence.pods is None or evidence.pods.outcome != CheckOutcome.PASSED:
+        return  # the phase starts with every canary pod Ready: there is nothing to mirror to
     analysis["shadowStartedAt"] = stamp(now)
     message = (
         f"canary {state.canary} answers copies of {shadow.fraction * 100:g}% of stable's "

@@ -12,7 +12,7 @@ import json
 import urllib.request
 
 import pytest
-from conftest import Traffic
+from conftest import Traffic, kget
 from devcluster import wait_until
 from mdkit import (
     FAST_ROLLOUT,
@@ -25,6 +25,7 @@ from mdkit import (
     wait_showing_status,
     wait_stable,
 )
+from test_canary import gateway_api  # noqa: F401 - the Gateway API CRDs, a fixture
 
 pytestmark = pytest.mark.cluster
 
@@ -140,3 +141,49 @@ def test_an_agreeing_shadow_goes_on_to_the_canary_steps(
     assert {"ShadowStarted", "ShadowPassed", "StepAdvanced", "Promoted"} <= event_reasons(
         cluster, namespace
     )
+
+
+@pytest.mark.usefixtures("gateway_api")
+def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    rollout = {**SHADOW_ROLLOUT, "shadow": {**SHADOW_ROLLOUT["shadow"], "mirror": "Gateway",
+                                            "fraction": 0.25}}  # fmt: skip
+    gateway = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+    first = body(model_uris["v1"], rollout, version="v1")
+    first["spec"]["traffic"] = gateway
+    apply(cluster, namespace, first)
+    old = wait_stable(cluster, namespace)
+    second = body(model_uris["v1"], rollout, version="v1-rebuilt")
+    second["spec"]["traffic"] = gateway
+    apply(cluster, namespace, second)
+    watch = Watch(cluster, namespace)
+    filters: list[list[dict]] = []
+    checks: set[str] = set()
+    server_mirrors: list[bool] = []
+
+    def promoted() -> bool:
+        s = watch.look()
+        rule = kget(cluster, "httproute", "fraud", "-n", namespace)["spec"]["rules"][0]
+        filters.append(rule.get("filters", []))
+        analysis = s.get("analysis") or {}
+        checks.update(c["name"] for c in analysis.get("checks", []))
+        if analysis.get("shadowStartedAt") and not analysis.get("trafficStartedAt"):
+            server_mirrors.extend(c["active"] for c in shadow_configs(pod_runner, old))
+        return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
+
+    wait_showing_status(cluster, namespace, promoted, 120, "promoted after a gateway shadow")
+    mirror = {
+        "type": "RequestMirror",
+        "requestMirror": {
+            "backendRef": {"group": "", "kind": "Service", "name": "fraud-canary", "port": 80},
+            "fraction": {"numerator": 2500, "denominator": 10000},
+        },
+    }
+    # Accepted by the real API server with the Gateway API CRDs, while the canary shadowed.
+    assert any(f == [mirror] for f in filters), filters
+    assert filters[-1] == []  # gone once live traffic moved
+    assert watch.shadowed and [w for w in watch.weights if w] == [25, 50, 100], watch.weights
+    # Judged on its own over the copies: no agreement, and stable's servers never mirrored.
+    assert "shadowErrorRate" in checks and "shadowAgreement" not in checks, checks
+    assert server_mirrors and not any(server_mirrors)

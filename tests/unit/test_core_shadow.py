@@ -48,6 +48,16 @@ def test_passing_gates_start_the_shadow_phase_at_zero_percent():
     assert "20%" in state.events[0].message and wanted(state.status_fields()) == "canary1"
 
 
+def test_without_gates_the_shadow_phase_waits_for_every_canary_pod_to_be_ready():
+    rollout = {**SHADOW_ROLLOUT, "analysis": {**ROLLOUT["analysis"], "compareMetadata": False}}
+    waiting = Check("podsReady", CheckOutcome.INCONCLUSIVE, "0/1")
+    state = step(canary_status(gates=False), Evidence(pods=waiting), 5, rollout)
+    assert state.weight == 0 and not state.analysis.get("shadowStartedAt")
+    assert "trafficStartedAt" not in state.analysis and not state.events
+    state = step(canary_status(gates=False), Evidence(pods=READY), 9, rollout)
+    assert state.weight == 0 and state.analysis["shadowStartedAt"] == stamp(at(9))
+
+
 def test_without_a_ready_stable_there_is_no_one_to_mirror_and_no_shadow_phase():
     evidence = Evidence(pods=READY, gates=GATES_OK, fallback_ready=False)
     state = step(canary_status(gates=False), evidence, 30)
@@ -219,3 +229,47 @@ def test_shadow_duration_must_cover_one_analysis_interval():
     with pytest.raises(InvalidModelDeployment):
         make_md({"rollout": {**ROLLOUT, "shadow": {"fraction": 0}}})
     assert make_md({"rollout": {**ROLLOUT, "shadow": {}}}).spec.rollout.shadow == Shadow()
+
+
+GATEWAY_TRAFFIC = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+
+
+def test_gateway_mirroring_needs_the_gateway_api_router():
+    rollout = {**ROLLOUT, "shadow": {"mirror": "Gateway"}}
+    with pytest.raises(InvalidModelDeployment, match=r"needs traffic\.router gateway-api"):
+        make_md({"rollout": rollout})
+    md = make_md({"rollout": rollout, "traffic": GATEWAY_TRAFFIC})
+    assert md.spec.rollout.shadow is not None and md.spec.rollout.shadow.mirror == "Gateway"
+
+
+def test_the_http_route_mirrors_a_fraction_to_the_canary_only_while_shadowing():
+    from modeldeploy.traffic import build_http_route
+
+    rollout = {**ROLLOUT, "shadow": {"mirror": "Gateway", "fraction": 0.125}}
+    md = make_md({"rollout": rollout, "traffic": GATEWAY_TRAFFIC})
+    route = build_http_route(md, "canary1", 0, mirror=True)
+    assert route is not None
+    rule = route["spec"]["rules"][0]
+    assert rule["filters"] == [
+        {
+            "type": "RequestMirror",
+            "requestMirror": {
+                "backendRef": {"name": "fraud-canary", "port": 80},
+                "fraction": {"numerator": 1250, "denominator": 10000},
+            },
+        }
+    ]
+    assert [b["weight"] for b in rule["backendRefs"]] == [100, 0]
+    after = build_http_route(md, "canary1", 10, mirror=False)
+    assert after is not None and "filters" not in after["spec"]["rules"][0]
+
+
+def test_gateway_shadow_is_judged_on_the_canarys_own_errors_without_agreement():
+    from modeldeploy.judge import RevisionMetrics, judge_shadow_alone
+
+    checks = judge_shadow_alone(Analysis(min_requests=20), RevisionMetrics(100, 30))
+    assert [(c.name, c.outcome.value, c.value) for c in checks] == [
+        ("shadowErrorRate", "Failed", "30%")
+    ]
+    few = judge_shadow_alone(Analysis(min_requests=20), RevisionMetrics(3, 0))
+    assert few[0].name == "shadowRequests" and "requests mirrored to the canary" in few[0].message

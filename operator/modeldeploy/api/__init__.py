@@ -20,7 +20,7 @@ from .resource import (
     parse_spec,
     parse_status,
 )
-from .rollout import FailurePolicy, Rollout, Shadow
+from .rollout import FailurePolicy, Rollout, Shadow, ShadowMirror
 from .scaling import AutoscalingPlan, Scaling
 from .serving import RESERVED_LABEL_PREFIX, PayloadLogging, PayloadLogMode, Serving
 from .spec import ModelDeploymentSpec
@@ -79,6 +79,7 @@ __all__ = [
     "Scaling",
     "Serving",
     "Shadow",
+    "ShadowMirror",
     "SmokeTests",
     "Traffic",
     "parse_duration",

@@ -49,6 +49,13 @@ Steps = Annotated[
 ]
 
 
+class ShadowMirror(StrEnum):
+    """Who copies live requests to the canary during its shadow phase."""
+
+    SERVER = "Server"
+    GATEWAY = "Gateway"
+
+
 class Shadow(ApiModel):
     """A phase before any live traffic moves: the canary answers copies of live requests.
 
@@ -91,6 +98,17 @@ class Shadow(ApiModel):
             "Largest absolute difference between a canary and a stable numeric output for the "
             "answers to agree, as smokeTests.tolerance; other values must be equal. Output "
             "names, datatypes and shapes must always match. 0: numbers must be equal."
+        ),
+    )
+    mirror: ShadowMirror = Field(
+        default=ShadowMirror.SERVER,
+        description=(
+            "Server: stable's model servers copy the requests and compare the canary's answers "
+            "with their own; works with any router. Gateway: the HTTPRoute's RequestMirror "
+            "filter copies them (router gateway-api, Gateway API v1.2 or later for its "
+            "fraction); the gateway drops the canary's answers unseen, so there is no "
+            "agreement to judge: the canary is judged on its own error ratio and p99 over the "
+            "copies, and minAgreement, tolerance and maxQueue do not apply."
         ),
     )
     max_queue: int = Field(
