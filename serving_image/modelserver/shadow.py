@@ -50,6 +50,10 @@ SENDERS = 4
 """Sender threads: a slow shadow (hundreds of ms per answer) still takes a few copies a second
 each; more would only compete with live inference for the GIL."""
 STORE_RECHECK_SECONDS = 1.0
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+"""After a copy the shadow did not answer (refused, timed out), each sender waits this long,
+doubling, before the next: a dead shadow costs a connect attempt now and then while the queue
+fills and copies are dropped, not a busy loop competing with live inference."""
 FILE_NAME = "shadow.json"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _TARGET = re.compile(r"^http://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -291,6 +295,7 @@ class Mirror:
         self._threads: list[threading.Thread] = []
         self._next_target = itertools.count()
         self._local = threading.local()
+        self._backoff = 0.0  # shared by the senders: races only make one wait a little off
 
     # --- the request path ------------------------------------------------------------------
     def offer(
@@ -335,6 +340,8 @@ class Mirror:
                 self.send(copy)
             except Exception:  # a bug here must not end the thread
                 log.exception("shadow: could not send a copy")
+            if self._backoff:
+                self._stopping.wait(self._backoff)
 
     def send(self, copy: Copy) -> str:
         """Replay one copy on the shadow, count the outcome and return it."""
@@ -354,7 +361,9 @@ class Mirror:
         except (OSError, http.client.HTTPException) as error:
             log.debug("shadow: %s did not answer: %s", target, error)
             self.count(OUTCOME_ERROR, config.revision)
+            self._backoff = min(max(BACKOFF_MIN, self._backoff * 2), BACKOFF_MAX)
             return OUTCOME_ERROR
+        self._backoff = 0.0
         self.observe(config.revision, time.perf_counter() - started)
         if not 200 <= status < 300:
             self.count(OUTCOME_ERROR, config.revision)

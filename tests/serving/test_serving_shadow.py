@@ -164,6 +164,21 @@ def test_a_stuck_shadow_fills_the_queue_and_copies_are_dropped_not_waited_for(
     assert counts(stable)["agreed"] == 0
 
 
+def test_a_dead_shadow_is_backed_off_from_and_copies_are_dropped(start_server, models):
+    from devcluster.ports import free_port
+
+    stable = fraud_server(start_server, models.lr, "--model-version", "r1")
+    assert put(stable, shadow_doc(free_port(), maxQueue=5)).status == 200  # nobody listens
+    send(stable, models.x, 50)
+    # Refused copies make the senders wait (0.1 s, doubling) instead of retrying at once, so
+    # the queue fills and further copies are dropped rather than burning CPU on connects.
+    wait_until(
+        lambda: counts(stable)["mirrored"] + counts(stable)["dropped"] == 50, 30, "all accounted"
+    )
+    seen = counts(stable)
+    assert seen["dropped"] > 0 and seen["errors"] == seen["mirrored"], seen
+
+
 def test_the_configuration_needs_a_credential_when_auth_is_on_and_the_token_is_passed_on(
     start_server, models
 ):
