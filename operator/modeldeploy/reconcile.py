@@ -33,7 +33,7 @@ from .naming import owned_selector
 from .observed import Observed
 from .planner import Event, Plan, plan, timestamp
 from .revision import revision_of, rollout_cause
-from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed, in_shadow_phase
+from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -344,18 +344,18 @@ def _mirror(
     md: ModelDeployment, observed: Observed, planned: dict[str, Any], tokens: tuple[str, ...]
 ) -> None:
     """During a shadow phase, (re)configure stable's servers to mirror to the canary; when the
-    phase ends this pass (passed, rejected, replaced), stop them at once."""
+    phase ends this pass (passed, rejected, replaced, or the shadow removed from the spec), stop
+    them at once rather than when their configuration expires."""
     spec = md.spec.rollout.shadow
-    if spec is None or spec.mirror != ShadowMirror.SERVER:
-        return  # no shadow, or the gateway mirrors (the HTTPRoute's filter)
     canary = shadow.wanted(planned)
     stable = planned.get("stableRevision")
-    if canary is not None and stable:
+    if spec is not None and spec.mirror == ShadowMirror.SERVER and canary and stable:
         document = shadow.mirror_document(md, observed, canary)
         if document is not None:
             shadow.configure(md, observed, str(stable), document, tokens)
         return
-    if in_shadow_phase(md) and md.status.stable_revision:
+    before = md.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if shadow.wanted(before) is not None and md.status.stable_revision:
         shadow.configure(md, observed, md.status.stable_revision, None, tokens)
 
 

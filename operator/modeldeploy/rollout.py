@@ -468,6 +468,12 @@ def _advance(
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
     if _gates_ok(md, analysis) and not _started(analysis):
         _after_gates(md, state, analysis, evidence, now)
+    elif (
+        md.spec.rollout.shadow is None
+        and analysis.get("shadowStartedAt")
+        and not analysis.get("trafficStartedAt")
+    ):
+        analysis["trafficStartedAt"] = stamp(now)  # the shadow was removed mid-phase
     if not evidence.fallback_ready and not analysis.get("withoutStable"):
         analysis["withoutStable"] = True
         state.events.append(Event("Warning", "StableUnavailable", _alone_message(state)))

@@ -13,6 +13,7 @@ from modeldeploy.rollout import Evidence, next_state, stamp
 from modeldeploy.shadow import mirror_document, wanted
 from modelserver import metric_names as m
 from test_core_rollout import GATES_OK, READY, ROLLOUT, T0, at, canary_status
+from test_core_rollout import PASS as PASS_METRICS
 
 SHADOW_ROLLOUT = {**ROLLOUT, "shadow": {"duration": "30s", "fraction": 0.2, "minAgreement": 0.95}}
 AGREE = [Check("shadowAgreement", CheckOutcome.PASSED, "100%", ">= 95%", 50)]
@@ -110,6 +111,11 @@ def test_a_disagreeing_shadow_is_rejected_after_failure_threshold_intervals():
     assert "before it served a user" in record["message"]
     assert state.rejected[0]["reason"] == "ShadowDisagrees"
     assert [e.reason for e in state.events] == ["RolledBack"]
+
+
+def test_a_shadow_removed_from_the_spec_mid_phase_lets_the_first_step_start():
+    state = step(shadow_status(started=0), Evidence(pods=READY, metrics=PASS_METRICS), 5, ROLLOUT)
+    assert state.weight == 10 and state.analysis["trafficStartedAt"] == stamp(at(5))
 
 
 @pytest.mark.parametrize(
