@@ -54,7 +54,8 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "bench" / "serving"
 BENCH = REPO / ".bench"
 WORK = BENCH / "serving"
-DEV_PYTHON = REPO / ".venv" / "bin" / "python"
+# BENCH_PYTHON: another venv with the dev dependencies (e.g. a git worktree sharing one).
+DEV_PYTHON = Path(os.environ.get("BENCH_PYTHON") or REPO / ".venv" / "bin" / "python")
 N_FEATURES = 20
 
 LABELS = {
@@ -69,6 +70,8 @@ LABELS = {
     "ours-grpc": "modelserver (this repo), gRPC",
     "mlserver-grpc": "MLServer 1.7.1, default, gRPC",
     "mlserver-batch-grpc": "MLServer 1.7.1, adaptive batching 32/5 ms, gRPC",
+    "ours-shadow": "modelserver mirroring 10% to a shadow modelserver (answers compared)",
+    "ours-shadow-dead": "modelserver mirroring every request to a dead shadow (closed port)",
 }
 GRPC_SERVERS = ("ours-grpc", "mlserver-grpc", "mlserver-batch-grpc")
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.120.0"
@@ -78,6 +81,10 @@ ALL_SERVERS = list(LABELS)
 # other concurrencies of these rows stay empty ("-") to keep the run's length.
 LOGGING_SERVERS = ("ours-log", "ours-log-dead")
 LOGGING_CONCURRENCY = 64
+# Shadow traffic (modelserver.shadow): the live requests' latency and throughput with mirroring
+# on, against plain modelserver, at every concurrency (c=1 shows what one request pays).
+SHADOW_SERVERS = ("ours-shadow", "ours-shadow-dead")
+SHADOW_FRACTION = {"ours-shadow": 0.1, "ours-shadow-dead": 1.0}
 
 
 def log(msg: str) -> None:
@@ -218,7 +225,7 @@ def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None
                 model, "--host", "127.0.0.1", "--port", str(port),
                 "--grpc-port", str(grpc_port)]  # fmt: skip
         return Launch(argv, {}, port, "/v2/health/ready", infer, grpc_port=grpc_port)
-    if server in ("ours", "ours-nofast", *LOGGING_SERVERS):
+    if server in ("ours", "ours-nofast", *LOGGING_SERVERS, *SHADOW_SERVERS):
         argv = [str(DEV_PYTHON), "-m", "modelserver", "--model-uri", str(path), "--model-name",
                 model, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         if server == "ours-nofast":
@@ -352,6 +359,38 @@ def payload_log_counts(port: int) -> dict[str, float]:
     return counts
 
 
+def start_shadow(server: str, model: str, path: Path, port: int, rnd: int) -> Running | None:
+    """For the shadow rows: a second modelserver with the same model (none for the dead one,
+    whose target is a closed port), and the stable server told to mirror to it."""
+    shadow = None
+    target = free_port()
+    if server == "ours-shadow":
+        shadow = Running(launch_spec("ours", model, path), WORK / f"shadow-{model}-r{rnd}.log")
+        shadow.wait_ready()
+        target = shadow.spec.port
+    doc = {"revision": "shadow", "model": model, "targets": [f"http://127.0.0.1:{target}"],
+           "fraction": SHADOW_FRACTION[server], "ttlSeconds": 3600}  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/shadow", data=json.dumps(doc).encode(), method="PUT",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        resp.read()
+    return shadow
+
+
+def shadow_counts(port: int) -> dict[str, float]:
+    """The stable server's modelserver_shadow_*_total counts, by what they count."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("modelserver_shadow_") and "_total{" in line:
+            name = line.split("{", 1)[0].removeprefix("modelserver_shadow_").removesuffix("_total")
+            counts[name] = counts.get(name, 0.0) + float(line.rpartition(" ")[2])
+    return counts
+
+
 def run_wrk(wrk: str, port: int, path: str, conns: int, seconds: int, body: Path) -> str:
     argv = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "--latency",
             "-s", str(HERE / "post.lua"), f"http://127.0.0.1:{port}{path}"]  # fmt: skip
@@ -397,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = start_sink() if "ours-log" in servers else None
     sink_url = f"http://127.0.0.1:{sink.spec.port}/events" if sink is not None else None
     logged: dict[tuple[str, str], dict[str, float]] = {}
+    mirrored: dict[tuple[str, str], dict[str, float]] = {}
     cells: dict[tuple[str, str, int], Cell] = {}
     rss: dict[tuple[str, str], list[float]] = {}
     ready: dict[tuple[str, str], list[float]] = {}
@@ -407,8 +447,11 @@ def main(argv: list[str] | None = None) -> int:
             for server in order:
                 spec = launch_spec(server, model, paths[model], sink_url)
                 running = Running(spec, WORK / f"{server}-{model}-r{rnd}.log")
+                shadow = None
                 try:
                     ready.setdefault((server, model), []).append(running.wait_ready())
+                    if server in SHADOW_SERVERS:
+                        shadow = start_shadow(server, model, paths[model], spec.port, rnd)
                     status = http_status(spec.port, spec.infer_path, body.read_bytes())
                     if status != 200:
                         raise RuntimeError(f"{server} answered {status} to the benchmark request")
@@ -452,9 +495,17 @@ def main(argv: list[str] | None = None) -> int:
                         for outcome, value in counts.items():
                             total[outcome] = total.get(outcome, 0.0) + value
                         log(f"round {rnd + 1} {model} {server}: payload log events {counts}")
+                    if server in SHADOW_SERVERS:
+                        counts = shadow_counts(spec.port)
+                        total = mirrored.setdefault((server, model), {})
+                        for outcome, value in counts.items():
+                            total[outcome] = total.get(outcome, 0.0) + value
+                        log(f"round {rnd + 1} {model} {server}: shadow {counts}")
                 except Exception as exc:
                     log(f"round {rnd + 1} {model} {server}: FAILED: {exc}")
                 finally:
+                    if shadow is not None:
+                        shadow.stop()
                     if not running.stop():
                         unclean.append(f"{server}/{model}/round {rnd + 1}")
     if sink is not None:
@@ -472,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             rest_servers, LABELS, models, concs, cells,
             {k: med(v) for k, v in rss.items()}, {k: med(v) for k, v in ready.items()},
         )  # fmt: skip
-        peers = [s for s in rest_servers if s not in ("ours", "ours-nofast", *LOGGING_SERVERS)]
+        ours_variants = ("ours", "ours-nofast", *LOGGING_SERVERS, *SHADOW_SERVERS)
+        peers = [s for s in rest_servers if s not in ours_variants]
         ratios = ratio_lines("ours", peers, models, concs, cells, LABELS)
         generated = "\n".join([
             f"Run on {dt.date.today().isoformat()}, {os.cpu_count()} cores, "
@@ -494,6 +546,15 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
                   for (server, model), counts in sorted(logged.items())],
             ] if logged else []),
+            *([
+                "", "Shadow traffic (warm-up included in the counts), the live requests against "
+                "modelserver without it:", "",
+                *[line for c in concs for line in overhead_lines(
+                    "ours", SHADOW_SERVERS, models, c, cells, LABELS)],
+                *[f"- {model} {LABELS[server]}: "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(counts.items()))
+                  for (server, model), counts in sorted(mirrored.items())],
+            ] if mirrored else []),
             *(["", f"Did not exit within 30 s of SIGTERM: {', '.join(unclean)}"] if unclean else []),
         ])  # fmt: skip
     if grpc_servers:

@@ -33,22 +33,25 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import modelserver.metric_names as names
 from prometheus_client.parser import text_string_to_metric_families
 
-from .api import CheckOutcome, MetricSourceType, ModelDeployment, parse_duration
+from .api import CheckOutcome, MetricSourceType, ModelDeployment, ShadowMirror, parse_duration
 from .children import CONTAINER
 from .judge import (
     Check,
     RevisionMetrics,
+    ShadowMetrics,
     check_answers,
     check_metadata,
     compare_metadata,
     compare_predictions,
     judge_metrics,
     judge_pods,
+    judge_shadow,
+    judge_shadow_alone,
 )
 from .naming import OWNER
 from .observed import Observed, pod_ready, ready_since
@@ -58,6 +61,7 @@ from .rollout import (
     analysis_due,
     gates_passed,
     in_rollback_window,
+    in_shadow_phase,
     is_rejected,
     needed_gates,
     previous_revision,
@@ -89,6 +93,9 @@ class PodSample:
 
 
 SnapshotKey = tuple[str, str, str]  # (namespace, ModelDeployment, pod)
+# A stable pod's shadow series are remembered under the pod's name with this suffix.
+SHADOW_KEY_SUFFIX = "#shadow"
+Sample = TypeVar("Sample", PodSample, ShadowMetrics)
 
 
 class Snapshots:
@@ -100,15 +107,15 @@ class Snapshots:
     """
 
     def __init__(self) -> None:
-        self._data: dict[SnapshotKey, PodSample] = {}
+        self._data: dict[SnapshotKey, Any] = {}
         self._lock = threading.Lock()
 
-    def swap(self, key: SnapshotKey, current: PodSample) -> PodSample | None:
-        """Remember `current` for `key`; return what was remembered before."""
+    def swap(self, key: SnapshotKey, current: Sample) -> Sample | None:
+        """Remember `current` for `key`; return what was remembered before (of its type)."""
         with self._lock:
             before = self._data.get(key)
             self._data[key] = current
-            return before
+        return before if isinstance(before, type(current)) else None
 
     def forget(self, namespace: str, owner: str, keep: set[str] | None = None) -> None:
         """Drop the scrapes of `owner`'s pods, except those named in `keep`."""
@@ -345,6 +352,90 @@ def read_metrics(
     return scrape_revision(observed.pods_of(revision), port, model, snapshots, tokens, now)
 
 
+def parse_shadow_metrics(text: str, model: str, shadow: str) -> ShadowMetrics:
+    """One stable pod's `modelserver_shadow_*` counts about the copies sent to `shadow`."""
+    counts = dict.fromkeys(("mirrored", "dropped", "agreed", "disagreed", "errors"), 0.0)
+    series = {
+        names.SHADOW_MIRRORED_TOTAL: "mirrored",
+        names.SHADOW_DROPPED_TOTAL: "dropped",
+        names.SHADOW_AGREED_TOTAL: "agreed",
+        names.SHADOW_DISAGREED_TOTAL: "disagreed",
+        names.SHADOW_ERRORS_TOTAL: "errors",
+    }
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if labels.get(names.LABEL_MODEL) != model or labels.get(names.LABEL_SHADOW) != shadow:
+                continue
+            if s.name in series:
+                counts[series[s.name]] += s.value
+            elif s.name == f"{names.SHADOW_DURATION_SECONDS}_bucket":
+                bound = float(labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + s.value
+    return ShadowMetrics(buckets=buckets, **counts)
+
+
+def _shadow_delta(now: ShadowMetrics, before: ShadowMetrics | None) -> ShadowMetrics:
+    """Increase since `before`; a count that went down means the pod restarted."""
+    if before is None or now.mirrored < before.mirrored or now.dropped < before.dropped:
+        return now
+    return ShadowMetrics(
+        now.mirrored - before.mirrored,
+        now.dropped - before.dropped,
+        now.agreed - before.agreed,
+        now.disagreed - before.disagreed,
+        now.errors - before.errors,
+        {b: v - before.buckets.get(b, 0.0) for b, v in now.buckets.items()},
+    )
+
+
+def scrape_shadow(
+    md: ModelDeployment,
+    observed: Observed,
+    stable: str,
+    canary: str,
+    snapshots: Snapshots,
+    tokens: tuple[str, ...] = (),
+) -> ShadowMetrics | None:
+    """The shadow counts of the window, summed over stable's ready pods (which do the
+    mirroring and the comparing); None when no pod could be read. Always read from the pods,
+    whatever the metric source: the shadow phase is short and the counts are exact there."""
+    default_model = served_model(observed, stable, md.spec.model.name or str(md.metadata.name))
+    totals: list[ShadowMetrics] = []
+    for pod in observed.pods_of(stable):
+        target = pod_target(pod, default_model, md.spec.serving.port)
+        if target is None or not pod_ready(pod):
+            continue
+        try:
+            text = _open(f"{target.base_url}/metrics", tokens).decode()
+        except (Unreachable, OSError, ValueError) as error:
+            log.info("shadow scrape of %s failed: %s", target.name, error)
+            continue
+        current = parse_shadow_metrics(text, target.model, canary)
+        meta = pod["metadata"]
+        key = (
+            meta["namespace"],
+            meta.get("labels", {}).get(OWNER, ""),
+            meta["name"] + SHADOW_KEY_SUFFIX,
+        )
+        totals.append(_shadow_delta(current, snapshots.swap(key, current)))
+    if not totals:
+        return None
+    buckets: dict[float, float] = {}
+    for t in totals:
+        for bound, count in t.buckets.items():
+            buckets[bound] = buckets.get(bound, 0.0) + count
+    return ShadowMetrics(
+        sum(t.mirrored for t in totals),
+        sum(t.dropped for t in totals),
+        sum(t.agreed for t in totals),
+        sum(t.disagreed for t in totals),
+        sum(t.errors for t in totals),
+        buckets,
+    )
+
+
 @dataclass(frozen=True)
 class SmokeInputs:
     """The smoke-test requests to send, or the reason they cannot be read (the canary waits)."""
@@ -500,7 +591,22 @@ def gather(
             if hold is None and gates is not None and _deadline_passed(md, created, now):
                 gates = [_timed_out(g) for g in gates]
         metrics = None
-        if gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED:
+        shadow = md.spec.rollout.shadow
+        due = gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED
+        if shadow is not None and not _phase_started(md):
+            due = False  # the shadow phase waits for the canary's pods; nothing to judge yet
+        if due and shadow is not None and in_shadow_phase(md):
+            if shadow.mirror == ShadowMirror.GATEWAY:
+                ours = read_metrics(md, observed, canary, snapshots, tokens, now)
+                hold = ours.problem if ours.metrics is None else None
+                metrics = None if hold else judge_shadow_alone(analysis, ours.metrics)
+                return Evidence(pods, metrics, gates, hold, fallback_ready)
+            counts = scrape_shadow(md, observed, stable, canary, snapshots, tokens)
+            metrics = judge_shadow(analysis, shadow, counts)
+            # Keep the canary's own window current, so its first live interval does not count
+            # the copies it answered here.
+            read_metrics(md, observed, canary, snapshots, tokens, now)
+        elif due:
             ours = read_metrics(md, observed, canary, snapshots, tokens, now)
             if ours.metrics is None and ours.problem is not None:
                 hold = ours.problem
@@ -531,13 +637,19 @@ def gather(
     return Evidence()
 
 
+def _phase_started(md: ModelDeployment) -> bool:
+    analysis = md.status.analysis
+    return analysis is not None and bool(analysis.shadow_started_at or analysis.traffic_started_at)
+
+
 def forget_gone_pods(snapshots: Snapshots, observed: Observed) -> None:
     """Drop the remembered scrapes of this ModelDeployment's pods that no longer exist."""
     if not observed.pods:
         return
     namespace = observed.pods[0]["metadata"]["namespace"]
     owner = observed.pods[0]["metadata"].get("labels", {}).get(OWNER, "")
-    snapshots.forget(namespace, owner, keep={p["metadata"]["name"] for p in observed.pods})
+    names = {p["metadata"]["name"] for p in observed.pods}
+    snapshots.forget(namespace, owner, keep=names | {n + SHADOW_KEY_SUFFIX for n in names})
 
 
 def _timed_out(gate: Check) -> Check:

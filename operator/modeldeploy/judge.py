@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import Analysis, CheckOutcome, parse_duration
+from .api import Analysis, CheckOutcome, Shadow, parse_duration
 from .observed import pod_ready
 
 PASSED, FAILED, INCONCLUSIVE = CheckOutcome.PASSED, CheckOutcome.FAILED, CheckOutcome.INCONCLUSIVE
@@ -221,6 +221,113 @@ def judge_metrics(
             Check("latencyVsStable", outcome, millis(p99), f"<= {millis(limit)}", samples)
         )
     return checks
+
+
+@dataclass(frozen=True)
+class ShadowMetrics:
+    """What stable's servers counted about the copies they sent the canary over the judged
+    window, summed across stable's pods (`modelserver_shadow_*`, labelled with the canary)."""
+
+    mirrored: float = 0.0
+    dropped: float = 0.0
+    agreed: float = 0.0
+    disagreed: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # the shadow's answer time
+
+    def compared(self) -> int:
+        return int(self.agreed + self.disagreed)
+
+    def sent(self) -> int:
+        """Copies with an outcome: compared, or not answered with a 2xx."""
+        return int(self.agreed + self.disagreed + self.errors)
+
+
+def judge_shadow(analysis: Analysis, shadow: Shadow, metrics: ShadowMetrics | None) -> list[Check]:
+    """The shadow phase's checks: agreement with stable, and the canary's own error ratio and
+    p99 on the copies (against the same limits as live traffic).
+
+    Below `minRequests` copies with an outcome nothing is judged, as for live traffic.
+    Example: 57 compared, 55 agreed, minAgreement 0.99 → shadowAgreement Failed, 96.5% vs >= 99%.
+    """
+    if metrics is None:
+        return [
+            Check(
+                "shadowMetrics",
+                INCONCLUSIVE,
+                message="no shadow metrics could be read from stable's pods",
+            )
+        ]
+    sent, compared = metrics.sent(), metrics.compared()
+    if sent < analysis.min_requests:
+        dropped = f"; {int(metrics.dropped)} copies dropped (queue full)" if metrics.dropped else ""
+        return [
+            Check(
+                "shadowRequests",
+                INCONCLUSIVE,
+                str(sent),
+                f">= {analysis.min_requests}",
+                sent,
+                f"{sent} requests mirrored to the canary, fewer than minRequests "
+                f"{analysis.min_requests}{dropped}",
+            )
+        ]
+    checks = []
+    if compared:
+        agreement = metrics.agreed / compared
+        failed = agreement < shadow.min_agreement
+        message = (
+            f"the canary's answers agreed with stable's on {int(metrics.agreed)} of {compared} "
+            f"mirrored requests ({percent(agreement)}), below shadow.minAgreement "
+            f"{percent(shadow.min_agreement)}; rejected before it served a user"
+            if failed
+            else ""
+        )
+        checks.append(
+            Check(
+                "shadowAgreement",
+                FAILED if failed else PASSED,
+                percent(agreement),
+                f">= {percent(shadow.min_agreement)}",
+                compared,
+                message,
+            )
+        )
+    rate = metrics.errors / sent if sent else 0.0
+    outcome = FAILED if rate > analysis.max_error_rate else PASSED
+    checks.append(
+        Check("shadowErrorRate", outcome, percent(rate), percent(analysis.max_error_rate), sent)
+    )
+    p99 = histogram_quantile(0.99, metrics.buckets)
+    if analysis.max_latency_p99 is not None and p99 is not None:
+        limit = parse_duration(analysis.max_latency_p99)
+        outcome = FAILED if p99 > limit else PASSED
+        checks.append(
+            Check("shadowLatencyP99", outcome, millis(p99), analysis.max_latency_p99, sent)
+        )
+    return checks
+
+
+SHADOW_NAMES = {
+    "errorRate": "shadowErrorRate",
+    "latencyP99": "shadowLatencyP99",
+    "requests": "shadowRequests",
+    "metrics": "shadowMetrics",
+}
+
+
+def judge_shadow_alone(analysis: Analysis, canary: RevisionMetrics | None) -> list[Check]:
+    """The shadow phase when the gateway mirrors: the canary's own error ratio and p99 over the
+    copies it answered (it serves nothing else at 0%), as shadow checks; nothing compares its
+    answers with stable's."""
+    checks = judge_metrics(analysis, canary, None)
+    return [
+        Check(
+            SHADOW_NAMES.get(c.name, c.name), c.outcome, c.value, c.threshold, c.samples,
+            c.message.replace("canary requests", "requests mirrored to the canary"), c.hard,
+        )
+        for c in checks
+    ]  # fmt: skip
 
 
 def compare_metadata(canary: dict[str, Any], stable: dict[str, Any]) -> Check:

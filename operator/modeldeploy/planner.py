@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import ModelDeployment, Phase, Router, parse_duration
+from .api import ModelDeployment, Phase, Router, ShadowMirror, parse_duration
 from .children import build_deployment, build_hpa, model_url, resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
@@ -28,7 +28,15 @@ from .observed import (
 )
 from .planner_types import ChildRef, Event
 from .revision import SPEC_DIGEST, revision_of, spec_digest
-from .rollout import Admission, Evidence, RolloutState, next_state, parse_time, stamp
+from .rollout import (
+    Admission,
+    Evidence,
+    RolloutState,
+    next_state,
+    parse_time,
+    shadowing,
+    stamp,
+)
 from .traffic import (
     build_http_route,
     build_services,
@@ -154,7 +162,13 @@ def plan_children(
     if state.scaled_to_zero == desired and state.canary is None and desired != state.stable:
         objects.append(build(desired, 0))
     objects += build_services(md, state.stable, state.canary, state.weight)
-    route = build_http_route(md, state.canary, state.weight)
+    shadow = md.spec.rollout.shadow
+    mirror = (
+        shadow is not None
+        and shadow.mirror == ShadowMirror.GATEWAY
+        and shadowing(md, state.analysis or {})
+    )
+    route = build_http_route(md, state.canary, state.weight, mirror)
     if route is not None:
         objects.append(route)
     hpa = build_hpa(md, deployment_name(name, state.stable))
@@ -302,6 +316,13 @@ def plan_status(
         }
         step_text = f"step {(state.step or 0) + 1}/{len(md.spec.rollout.steps)}"
         progress = f"canary {state.canary} at {state.weight}% ({step_text})"
+        shadow = md.spec.rollout.shadow
+        if shadow is not None and shadowing(md, state.analysis or {}):
+            progress = (
+                f"canary {state.canary} shadows stable at 0% (copies of "
+                f"{shadow.fraction * 100:g}% of requests, compared with stable's answers) before "
+                f"{step_text}"
+            )
         if (state.analysis or {}).get("withoutStable"):
             progress += (
                 f"; stable {state.stable} has no ready pod, so the canary is judged on its own "

@@ -16,7 +16,13 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .api import InvalidModelDeployment, ModelDeployment, parse_model_deployment
+from . import shadow
+from .api import (
+    InvalidModelDeployment,
+    ModelDeployment,
+    ShadowMirror,
+    parse_model_deployment,
+)
 from .children import resolve_image
 from .conditions import Condition, merge_conditions
 from .config import OperatorConfig
@@ -319,6 +325,7 @@ def reconcile(
             now=timestamp(now),
             generation=md.metadata.generation,
         )  # fmt: skip
+    _mirror(md, observed, result.status, context.tokens)
     for ref in result.delete:
         log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
         kube.delete(ref.api_version, ref.kind, namespace, ref.name)
@@ -331,6 +338,25 @@ def reconcile(
     if stored is None:
         return PassResult(Plan(), False, time.monotonic() - started)
     return PassResult(result, True, time.monotonic() - started, stored)
+
+
+def _mirror(
+    md: ModelDeployment, observed: Observed, planned: dict[str, Any], tokens: tuple[str, ...]
+) -> None:
+    """During a shadow phase, (re)configure stable's servers to mirror to the canary; when the
+    phase ends this pass (passed, rejected, replaced, or the shadow removed from the spec), stop
+    them at once rather than when their configuration expires."""
+    spec = md.spec.rollout.shadow
+    canary = shadow.wanted(planned)
+    stable = planned.get("stableRevision")
+    if spec is not None and spec.mirror == ShadowMirror.SERVER and canary and stable:
+        document = shadow.mirror_document(md, observed, canary)
+        if document is not None:
+            shadow.configure(md, observed, str(stable), document, tokens)
+        return
+    before = md.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if shadow.wanted(before) is not None and md.status.stable_revision:
+        shadow.configure(md, observed, md.status.stable_revision, None, tokens)
 
 
 def write_status(kube: Kube, body: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,6 +13,9 @@ The rules, in order, for a pass where the desired revision R differs from stable
 3. Hard failures (crash loop, image pull, OOM, restarts, not Ready by progressDeadline, a failed
    model gate) fail the canary at once; metric failures count, failureThreshold in a row fail it.
 4. The model gates (metadata, smoke tests) pass before the canary gets any traffic.
+4b. With spec.rollout.shadow, a shadow phase follows the gates: the canary stays at 0% while
+   stable's servers copy live requests to it and compare the answers; it must pass every check
+   for shadow.duration (inconclusive intervals do not count) before its first step's traffic.
 5. After stepDuration at a step whose last analysis passed, move to the next step; after the
    100% step, promote.
 """
@@ -37,6 +40,7 @@ from .judge import Check
 from .planner_types import Event
 
 GATE_CHECKS = ("modelMetadata", "smokeTests")
+SHADOW_AGREEMENT = "shadowAgreement"
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,28 @@ def gates_passed(md: ModelDeployment) -> bool:
         c.name for c in (analysis.checks if analysis else []) if c.outcome == CheckOutcome.PASSED
     }
     return needed <= passed
+
+
+def in_shadow_phase(md: ModelDeployment) -> bool:
+    """Whether status says the canary is shadowing stable: its shadow phase started and it has
+    had no live traffic yet."""
+    analysis = md.status.analysis
+    return (
+        md.spec.rollout.shadow is not None
+        and md.status.canary_revision is not None
+        and analysis is not None
+        and analysis.shadow_started_at is not None
+        and analysis.traffic_started_at is None
+    )
+
+
+def shadowing(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
+    """The same, on the analysis being decided this pass."""
+    return (
+        md.spec.rollout.shadow is not None
+        and bool(analysis.get("shadowStartedAt"))
+        and not analysis.get("trafficStartedAt")
+    )
 
 
 def needed_gates(md: ModelDeployment) -> list[str]:
@@ -440,9 +466,14 @@ def _advance(
         analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
     if not gated_before and _gates_ok(md, analysis):
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
-        analysis["trafficStartedAt"] = stamp(now)
-    elif not needed_gates(md) and not analysis.get("trafficStartedAt"):
-        analysis["trafficStartedAt"] = stamp(now)
+    if _gates_ok(md, analysis) and not _started(analysis):
+        _after_gates(md, state, analysis, evidence, now)
+    elif (
+        md.spec.rollout.shadow is None
+        and analysis.get("shadowStartedAt")
+        and not analysis.get("trafficStartedAt")
+    ):
+        analysis["trafficStartedAt"] = stamp(now)  # the shadow was removed mid-phase
     if not evidence.fallback_ready and not analysis.get("withoutStable"):
         analysis["withoutStable"] = True
         state.events.append(Event("Warning", "StableUnavailable", _alone_message(state)))
@@ -454,7 +485,10 @@ def _advance(
     steps = md.spec.rollout.steps
     step = state.step or 0
     gates_ok = _gates_ok(md, analysis)
-    state.weight = steps[step] if gates_ok else 0
+    shadow_now = shadowing(md, analysis)
+    # With a shadow phase asked for, no live traffic before it passed (or was skipped).
+    before_traffic = md.spec.rollout.shadow is not None and not analysis.get("trafficStartedAt")
+    state.weight = steps[step] if gates_ok and not before_traffic else 0
     if failed is not None:
         if not evidence.fallback_ready:
             return _fail_without_fallback(md, state, failed)
@@ -481,6 +515,8 @@ def _advance(
         message = f"canary {state.canary} goes on from {state.weight}%"
         state.events.append(Event("Normal", "Resumed", message))
 
+    if shadow_now:
+        return _shadow(md, state, analysis, verdict, now)
     started = parse_time(state.step_started_at) or now
     if verdict == CheckOutcome.INCONCLUSIVE:
         # Hold: an interval without enough traffic does not count towards the step's duration.
@@ -497,6 +533,71 @@ def _advance(
             state.events.append(Event("Normal", "StepAdvanced", message))
         else:
             return _promote(md, state, now, canary_created)
+    return state
+
+
+def _started(analysis: dict[str, Any]) -> bool:
+    return bool(analysis.get("trafficStartedAt") or analysis.get("shadowStartedAt"))
+
+
+def _after_gates(
+    md: ModelDeployment,
+    state: RolloutState,
+    analysis: dict[str, Any],
+    evidence: Evidence,
+    now: dt.datetime,
+) -> None:
+    """The gates passed: live traffic starts, or first the shadow phase when one is asked for
+    and stable has a ready pod to mirror from (alone, the canary is judged on its own). The
+    phase waits for every canary pod to be Ready, so its intervals are not spent on pods that
+    cannot answer yet."""
+    shadow = md.spec.rollout.shadow
+    if shadow is None or not evidence.fallback_ready:
+        analysis["trafficStartedAt"] = stamp(now)
+        return
+    if evidence.pods is None or evidence.pods.outcome != CheckOutcome.PASSED:
+        return  # the phase starts with every canary pod Ready: there is nothing to mirror to
+    analysis["shadowStartedAt"] = stamp(now)
+    message = (
+        f"canary {state.canary} answers copies of {shadow.fraction * 100:g}% of stable's "
+        f"requests for {shadow.duration}; no user sees its answers"
+    )
+    state.events.append(Event("Normal", "ShadowStarted", message))
+
+
+def _shadow(
+    md: ModelDeployment,
+    state: RolloutState,
+    analysis: dict[str, Any],
+    verdict: CheckOutcome | None,
+    now: dt.datetime,
+) -> RolloutState:
+    """The shadow phase: after shadow.duration whose last interval passed, the first step's
+    live traffic starts. An inconclusive interval (too few compared answers) does not count
+    towards the duration, as at a step."""
+    shadow = md.spec.rollout.shadow
+    assert shadow is not None and state.canary is not None
+    started = parse_time(analysis.get("shadowStartedAt")) or now
+    if verdict == CheckOutcome.INCONCLUSIVE:
+        interval = dt.timedelta(seconds=parse_duration(md.spec.rollout.analysis.interval))
+        started = min(started + interval, now)
+        analysis["shadowStartedAt"] = stamp(started)
+    held = (now - started).total_seconds() >= parse_duration(shadow.duration)
+    last_ok = (verdict or _last_verdict(analysis)) == CheckOutcome.PASSED
+    if held and last_ok:
+        analysis["trafficStartedAt"] = stamp(now)
+        state.step_started_at = stamp(now)
+        state.weight = md.spec.rollout.steps[state.step or 0]
+        agreement = next(
+            (c.get("value") for c in analysis.get("checks", []) if c["name"] == SHADOW_AGREEMENT),
+            None,
+        )
+        message = (
+            f"canary {state.canary} passed its shadow phase ({shadow.duration}"
+            + (f", last agreement {agreement}" if agreement else "")
+            + f") and gets {state.weight}% of live traffic"
+        )
+        state.events.append(Event("Normal", "ShadowPassed", message))
     return state
 
 
@@ -693,4 +794,9 @@ def _reason(check: Check) -> str:
         "requests": "NotEnoughTraffic",
         "metrics": "MetricsUnavailable",
         "userAbort": "Aborted",
+        SHADOW_AGREEMENT: "ShadowDisagrees",
+        "shadowErrorRate": "ShadowErrorRateTooHigh",
+        "shadowLatencyP99": "ShadowLatencyTooHigh",
+        "shadowRequests": "NotEnoughShadowTraffic",
+        "shadowMetrics": "ShadowMetricsUnavailable",
     }.get(check.name, "CheckFailed")

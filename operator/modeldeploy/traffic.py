@@ -105,8 +105,15 @@ def _role_service(md: ModelDeployment, role: str, revision: str) -> dict[str, An
     return service
 
 
-def build_http_route(md: ModelDeployment, canary: str | None, weight: int) -> dict[str, Any] | None:
-    """HTTPRoute with exact weights, for the gateway-api router (None for the replica router)."""
+def build_http_route(
+    md: ModelDeployment, canary: str | None, weight: int, mirror: bool = False
+) -> dict[str, Any] | None:
+    """HTTPRoute with exact weights, for the gateway-api router (None for the replica router).
+
+    `mirror`: the canary shadows stable through the gateway (rollout.shadow.mirror Gateway): a
+    RequestMirror filter copies shadow.fraction of the requests to the canary's Service; the
+    gateway discards the copies' answers.
+    """
     gateway = md.spec.traffic.gateway
     if md.spec.traffic.router != Router.GATEWAY_API or gateway is None:
         return None
@@ -128,7 +135,26 @@ def build_http_route(md: ModelDeployment, canary: str | None, weight: int) -> di
     ]
     if gateway.mesh:  # GAMMA: the mesh applies the route to calls of the Service itself
         parents.append({"group": "", "kind": "Service", "name": md.metadata.name})
-    spec: dict[str, Any] = {"parentRefs": parents, "rules": [{"backendRefs": backends}]}
+    rule: dict[str, Any] = {"backendRefs": backends}
+    shadow = md.spec.rollout.shadow
+    if mirror and canary is not None and shadow is not None:
+        rule["filters"] = [
+            {
+                "type": "RequestMirror",
+                "requestMirror": {
+                    "backendRef": {
+                        "name": role_service_name(md.metadata.name, "canary"),
+                        "port": SERVICE_PORT,
+                    },
+                    # Gateway API v1.2+; per ten thousand, so 0.1% is still exact.
+                    "fraction": {
+                        "numerator": max(1, round(shadow.fraction * 10000)),
+                        "denominator": 10000,
+                    },
+                },
+            }
+        ]
+    spec: dict[str, Any] = {"parentRefs": parents, "rules": [rule]}
     if gateway.hostnames:
         spec["hostnames"] = list(gateway.hostnames)
     name = gateway.http_route_name or md.metadata.name

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from . import __version__, payload_log, protocol
+from . import __version__, payload_log, protocol, shadow
 from . import metric_names as m
 from .auth import token_source
 from .config import Settings
@@ -91,6 +93,12 @@ class App:
         # accepts, so a connection never lands on a worker that cannot serve yet.
         self.load_in_background = load_in_background
         self.payload_log = build_payload_logger(settings, self.metrics)
+        self.shadow_store = shadow.ShadowStore(
+            shadow.store_path(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        )
+        self.mirror = shadow.Mirror(
+            self.shadow_store, self.metrics.count_shadow, self.metrics.observe_shadow
+        )
         self.draining = False
         self.exit_code = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,6 +150,7 @@ class App:
         sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
         if self.payload_log is not None:
             self.payload_log.start()
+        self.mirror.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._refresh_drift(), name="drift")]
         if self.load_in_background:
@@ -170,6 +179,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.model.close()
+        await asyncio.to_thread(self.mirror.stop)
         if self.payload_log is not None:
             # What is queued gets a short chance to reach the sink; the pod is going away.
             await asyncio.to_thread(self.payload_log.stop, 2.0)
@@ -200,6 +210,10 @@ class App:
             return Route(m.ENDPOINT_READY, "GET", open=not s.auth_protect_health, operator=True)
         if path == "/metrics":
             return Route(m.ENDPOINT_METRICS, "GET", open=not s.auth_protect_metrics, operator=True)
+        if path == "/v2/shadow":
+            # Any method: _handle answers GET, PUT and DELETE. Never open without auth when auth
+            # is on: it decides where copies of live requests go.
+            return Route(m.ENDPOINT_SHADOW, method, operator=True)
         if path in ("/v2", "/v2/"):
             return Route(m.ENDPOINT_SERVER_METADATA, "GET", operator=True)
         if path.startswith("/v2/models/"):
@@ -275,12 +289,51 @@ class App:
         self.metrics.observe_request(
             model_label, endpoint, response.status, time.perf_counter() - start
         )
-        if (
-            self.payload_log is not None
-            and endpoint in m.INFERENCE_ENDPOINTS
-            and model_label == self.model.name
-        ):
-            self._log_payload(scope, response)
+        if endpoint in m.INFERENCE_ENDPOINTS and model_label == self.model.name:
+            if self.payload_log is not None:
+                self._log_payload(scope, response)
+            if response.status == 200:
+                self._mirror(scope, endpoint, response)
+
+    def _mirror(self, scope: Scope, endpoint: str, response: Response) -> None:
+        """Offer the exchange to the shadow mirror, after the answer was sent: a draw and at
+        most a queue append, never a wait, and never failing the request."""
+        body = scope.get(_BODY)
+        if body is None:
+            return
+        try:
+            self.mirror.offer(endpoint, scope["headers"], body, response.body)
+        except Exception:
+            log.exception("shadow: could not queue a copy")
+
+    async def _shadow(self, scope: Scope, receive: Receive) -> Response:
+        """GET: the shadow configuration in force. PUT: mirror to the revision the body names
+        (see ``shadow.ShadowConfig``). DELETE: stop mirroring."""
+        method = scope["method"]
+        now = time.time()
+        if method == "GET":
+            return _json(200, shadow.describe(self.shadow_store.current(), now))
+        if method == "DELETE":
+            self.shadow_store.set(None)
+            log.info("shadow: mirroring stopped")
+            return _json(200, shadow.describe(None, now))
+        if method != "PUT":
+            allow = ((b"allow", b"GET, PUT, DELETE"),)
+            msg = f"method {method} is not allowed on /v2/shadow; use GET, PUT or DELETE"
+            return Response(405, protocol.dumps({"error": msg}), headers=allow)
+        raw = await self._read_body(scope, receive, 64 * 1024)
+        try:
+            config = shadow.ShadowConfig.parse(json.loads(raw), now)
+        except ValueError as error:  # ShadowConfigError and JSON errors alike
+            raise RequestError(400, f"shadow configuration: {error}") from error
+        previous = self.shadow_store.current()
+        self.shadow_store.set(config)
+        if previous is None or previous.revision != config.revision:
+            log.info(
+                "shadow: mirroring %.0f%% of inference requests to revision %s (%d pods)",
+                config.fraction * 100, config.revision, len(config.targets),
+            )  # fmt: skip
+        return _json(200, shadow.describe(config, now))
 
     def _log_payload(self, scope: Scope, response: Response) -> None:
         """Queue the exchange for the payload log: after the answer was sent, and never failing
@@ -344,6 +397,8 @@ class App:
                 f"use {route.method}"
             )
             return Response(405, protocol.dumps({"error": msg}), headers=allow)
+        if route.endpoint == m.ENDPOINT_SHADOW:
+            return await self._shadow(scope, receive)
         if route.model is not None:
             self.check_model(route.model, route.version)
         if route.method == "POST":

@@ -34,7 +34,8 @@ Other series: ``modelserver_inference_duration_seconds`` (one predict call, per 
 (population stability index of each input feature against the reference statistics shipped with
 the model; 0.1 to 0.25 is a moderate shift, above 0.25 a large one) and
 ``modelserver_payload_log_events_total{outcome="sent|failed|dropped"}`` (audit events sent to the
-payload log sink, refused by it or unreachable, and dropped because the queue was full).
+payload log sink, refused by it or unreachable, and dropped because the queue was full), and the
+``modelserver_shadow_*`` series of shadow traffic (see ``modelserver.shadow``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ DRIFT_ROWS_TOTAL = "modelserver_drift_rows_total"
 # Payload logging (modelserver.payload_log): events by outcome, sent (the sink answered 2xx),
 # failed (any other answer, or none) and dropped (the bounded queue was full).
 PAYLOAD_LOG_EVENTS_TOTAL = "modelserver_payload_log_events_total"
+# Shadow traffic (modelserver.shadow), exported by the server that mirrors (stable), labelled
+# with the shadow's revision: copies sent, copies dropped (queue full), answers that agreed or
+# disagreed with this server's, copies the shadow did not answer with a 2xx, and its answer time.
+SHADOW_MIRRORED_TOTAL = "modelserver_shadow_mirrored_total"
+SHADOW_DROPPED_TOTAL = "modelserver_shadow_dropped_total"
+SHADOW_AGREED_TOTAL = "modelserver_shadow_agreed_total"
+SHADOW_DISAGREED_TOTAL = "modelserver_shadow_disagreed_total"
+SHADOW_ERRORS_TOTAL = "modelserver_shadow_errors_total"
+SHADOW_DURATION_SECONDS = "modelserver_shadow_duration_seconds"
 
 # --- label names ---------------------------------------------------------------------------------
 LABEL_MODEL = "model"
@@ -77,6 +87,7 @@ GRPC_STATUS_CODES = {
     "INTERNAL": 500,
     "UNAVAILABLE": 503,
 }
+LABEL_SHADOW = "shadow"  # the shadow revision a shadow_* series is about
 
 # --- values of the ``endpoint`` label ------------------------------------------------------------
 ENDPOINT_INFER = "infer"  # POST /v2/models/{name}[/versions/{v}]/infer
@@ -87,6 +98,7 @@ ENDPOINT_SERVER_METADATA = "server_metadata"
 ENDPOINT_LIVE = "live"
 ENDPOINT_READY = "ready"
 ENDPOINT_METRICS = "metrics"
+ENDPOINT_SHADOW = "shadow"  # GET/PUT/DELETE /v2/shadow: the operator configures mirroring
 ENDPOINT_OTHER = "other"  # anything that matched no route
 
 INFERENCE_ENDPOINTS = (ENDPOINT_INFER, ENDPOINT_PREDICT)

@@ -86,6 +86,25 @@ class ServerMetrics:
             "2xx), failed (another answer, or none) and dropped (the queue was full).",
             (*model_labels, m.LABEL_OUTCOME), registry=target,
         )  # fmt: skip
+        shadow_labels = (*model_labels, m.LABEL_SHADOW)
+        self.shadow_counters = {
+            outcome: Counter(name, help, shadow_labels, registry=target)
+            for outcome, name, help in (
+                ("mirrored", m.SHADOW_MIRRORED_TOTAL, "Live requests copied to the shadow."),
+                ("dropped", m.SHADOW_DROPPED_TOTAL,
+                 "Copies for the shadow dropped because the mirror queue was full."),
+                ("agreed", m.SHADOW_AGREED_TOTAL,
+                 "Shadow answers that agreed with this server's, within the tolerance."),
+                ("disagreed", m.SHADOW_DISAGREED_TOTAL,
+                 "Shadow answers that differed from this server's beyond the tolerance."),
+                ("error", m.SHADOW_ERRORS_TOTAL,
+                 "Copies the shadow answered with a non-2xx status or not at all."),
+            )
+        }  # fmt: skip
+        self.shadow_seconds = Histogram(
+            m.SHADOW_DURATION_SECONDS, "Time the shadow took to answer a copy, seconds.",
+            shadow_labels, buckets=m.LATENCY_BUCKETS, registry=target,
+        )  # fmt: skip
         self._children: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
         self.inference_child = self.inference_seconds.labels(model, version)
         self.batch_child = self.batch_size.labels(model, version)
@@ -123,6 +142,13 @@ class ServerMetrics:
     def count_payload_log(self, outcome: str, events: int) -> None:
         """Called from the payload log's sender thread and the event loop alike (thread-safe)."""
         self.payload_log_events.labels(self.model, self.version, outcome).inc(events)
+
+    def count_shadow(self, outcome: str, revision: str) -> None:
+        """Called from the event loop (drops) and the mirror's sender threads (thread-safe)."""
+        self.shadow_counters[outcome].labels(self.model, self.version, revision).inc()
+
+    def observe_shadow(self, revision: str, seconds: float) -> None:
+        self.shadow_seconds.labels(self.model, self.version, revision).observe(seconds)
 
     def set_ready(self, ready: bool) -> None:
         self.ready.labels(self.model, self.version).set(1 if ready else 0)

@@ -32,3 +32,11 @@ class SlowModel(_Wrapped):
     def predict(self, x):  # type: ignore[no-untyped-def]
         time.sleep(0.3)
         return self.model.predict(x)
+
+
+class FlippedModel(_Wrapped):
+    """Healthy and fast, but predicts the other class for every row: a model that answers like
+    stable in shape and type and disagrees with it on every prediction."""
+
+    def predict(self, x):  # type: ignore[no-untyped-def]
+        return 1 - self.model.predict(x)

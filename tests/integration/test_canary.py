@@ -287,12 +287,15 @@ def gateway_api(cluster) -> None:
         return
     crds = cluster.local.binaries.gateway_api_crds.resolve()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/httproutes.gateway.networking.k8s.io",
-        "--timeout=60s",
-    )
+
+    # Not `kubectl wait`: right after the apply the CRD may have no status yet, and kubectl
+    # wait then fails ("<nil> is of the type <nil>") instead of waiting.
+    def established() -> bool:
+        crd = kget(cluster, "crd", "httproutes.gateway.networking.k8s.io")
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 60, "the HTTPRoute CRD Established")
 
 
 def test_gateway_api_weights_follow_the_steps(

@@ -146,7 +146,11 @@ def test_cross_field_rules_are_present_with_messages(schema: dict[str, Any]) -> 
             "minReplicas must not exceed maxReplicas",
         ],
         ".spec.rollout.steps": ["strictly increasing", "the last step must be 100"],
-        ".spec.rollout": ["analysis.interval must not exceed stepDuration"],
+        ".spec.rollout": [
+            "analysis.interval must not exceed stepDuration",
+            "shadow.duration must be at least analysis.interval",
+        ],
+        ".spec": ["rollout.shadow.mirror Gateway needs traffic.router gateway-api"],
         ".spec.model": [
             "customClass is required when format is custom",
             "only allowed when format is custom",

@@ -20,7 +20,7 @@ from .resource import (
     parse_spec,
     parse_status,
 )
-from .rollout import FailurePolicy, Rollout
+from .rollout import FailurePolicy, Rollout, Shadow, ShadowMirror
 from .scaling import AutoscalingPlan, Scaling
 from .serving import (
     RESERVED_LABEL_PREFIX,
@@ -85,6 +85,8 @@ __all__ = [
     "Router",
     "Scaling",
     "Serving",
+    "Shadow",
+    "ShadowMirror",
     "SmokeTests",
     "Traffic",
     "parse_duration",

@@ -49,6 +49,79 @@ Steps = Annotated[
 ]
 
 
+class ShadowMirror(StrEnum):
+    """Who copies live requests to the canary during its shadow phase."""
+
+    SERVER = "Server"
+    GATEWAY = "Gateway"
+
+
+class Shadow(ApiModel):
+    """A phase before any live traffic moves: the canary answers copies of live requests.
+
+    Stable's model servers copy ``fraction`` of their inference requests to the canary's pods
+    after answering them (the caller never waits for, nor sees, the copy), compare the canary's
+    answer with their own and export the counts; the operator judges agreement, and the
+    canary's error ratio and p99 on the copies, every analysis interval for ``duration``.
+    """
+
+    duration: Annotated[str, DurationRange("1s", "24h")] = Field(
+        default="60s",
+        description=(
+            "How long the canary must shadow stable, with every analysis interval passing, "
+            "before it gets its first live traffic, e.g. 5m."
+        ),
+    )
+    fraction: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description=(
+            "Share of each stable pod's inference requests copied to the canary: 0.1 is 10%, "
+            "1 copies every request."
+        ),
+    )
+    min_agreement: float = Field(
+        default=0.99,
+        ge=0,
+        le=1,
+        description=(
+            "Lowest share of compared answers that must agree with stable's in an interval: "
+            "0.99 is 99%. Intervals with fewer than analysis.minRequests compared answers are "
+            "inconclusive, as for the other checks."
+        ),
+    )
+    tolerance: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Largest absolute difference between a canary and a stable numeric output for the "
+            "answers to agree, as smokeTests.tolerance; other values must be equal. Output "
+            "names, datatypes and shapes must always match. 0: numbers must be equal."
+        ),
+    )
+    mirror: ShadowMirror = Field(
+        default=ShadowMirror.SERVER,
+        description=(
+            "Server: stable's model servers copy the requests and compare the canary's answers "
+            "with their own; works with any router. Gateway: the HTTPRoute's RequestMirror "
+            "filter copies them (router gateway-api, Gateway API v1.2 or later for its "
+            "fraction); the gateway drops the canary's answers unseen, so there is no "
+            "agreement to judge: the canary is judged on its own error ratio and p99 over the "
+            "copies, and minAgreement, tolerance and maxQueue do not apply."
+        ),
+    )
+    max_queue: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        description=(
+            "Copies a stable pod holds for the canary at most; more are dropped and counted "
+            "(modelserver_shadow_dropped_total), never waited for."
+        ),
+    )
+
+
 class Rollout(ApiModel):
     """Canary steps, their pacing, and what to do on failure."""
 
@@ -97,6 +170,13 @@ class Rollout(ApiModel):
     analysis: Analysis = Field(
         default_factory=Analysis, description="Health checks that gate each step."
     )
+    shadow: Shadow | None = Field(
+        default=None,
+        description=(
+            "Mirror a share of live requests to the canary before it gets any traffic, and "
+            "reject it if its answers disagree with stable's. Unset: no shadow phase."
+        ),
+    )
 
     __rules__ = (
         Rule(
@@ -109,5 +189,23 @@ class Rollout(ApiModel):
             message="analysis.interval must not exceed stepDuration, or steps would pass unchecked",
             check=lambda r: parse_duration(r.analysis.interval) <= parse_duration(r.step_duration),
             field_path=".analysis.interval",
+        ),
+        Rule(
+            cel=(
+                "!has(self.shadow) || !has(self.shadow.duration) || !has(self.analysis)"
+                " || !has(self.analysis.interval)"
+                f" || !self.analysis.interval.matches('{DURATION_PATTERN}')"
+                f" || !self.shadow.duration.matches('{DURATION_PATTERN}')"
+                " || duration(self.shadow.duration) >= duration(self.analysis.interval)"
+            ),
+            message=(
+                "shadow.duration must be at least analysis.interval, or the shadow phase would "
+                "end before it was judged once"
+            ),
+            check=lambda r: (
+                r.shadow is None
+                or parse_duration(r.shadow.duration) >= parse_duration(r.analysis.interval)
+            ),
+            field_path=".shadow.duration",
         ),
     )

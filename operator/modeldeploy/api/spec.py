@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from .model_spec import ModelSpec
-from .rollout import Rollout
-from .rules import ApiModel
+from .rollout import Rollout, ShadowMirror
+from .rules import ApiModel, Rule
 from .scaling import Scaling
 from .serving import Serving
-from .traffic import Traffic
+from .traffic import Router, Traffic
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -35,4 +35,22 @@ class ModelDeploymentSpec(ApiModel):
     traffic: Traffic = Field(
         default_factory=Traffic,
         description="How traffic is split between stable and canary.",
+    )
+
+    __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.rollout) || !has(self.rollout.shadow)"
+                " || !has(self.rollout.shadow.mirror) || self.rollout.shadow.mirror != 'Gateway'"
+                " || (has(self.traffic) && has(self.traffic.router)"
+                " && self.traffic.router == 'gateway-api')"
+            ),
+            message="rollout.shadow.mirror Gateway needs traffic.router gateway-api",
+            check=lambda s: (
+                s.rollout.shadow is None
+                or s.rollout.shadow.mirror != ShadowMirror.GATEWAY
+                or s.traffic.router == Router.GATEWAY_API
+            ),
+            field_path=".rollout.shadow.mirror",
+        ),
     )

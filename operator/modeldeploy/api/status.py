@@ -115,7 +115,18 @@ class AnalysisStatus(StatusModel):
     outcome: CheckOutcome | None = Field(default=None, description="Overall verdict of that run.")
     traffic_started_at: AwareDatetime | None = Field(
         default=None,
-        description="When the canary first got traffic (its model gates passed).",
+        description=(
+            "When the canary first got traffic (its model gates passed, and its shadow phase "
+            "if spec.rollout.shadow is set)."
+        ),
+    )
+    shadow_started_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When the canary's shadow phase started: it answers copies of live requests, "
+            "compared with stable's answers, and serves no user until the phase passes. Moved "
+            "on by inconclusive intervals, which do not count towards shadow.duration."
+        ),
     )
     without_stable: bool | None = Field(
         default=None,

@@ -1,0 +1,189 @@
+"""The shadow phase on the real control plane, with real model servers behind kwok's pods.
+
+Stable's servers are configured by the operator over HTTP, mirror live traffic to the canary's
+pods, compare the answers and export the counts; the operator judges them before the canary
+gets any live traffic. A canary that disagrees is rejected having served no user; one that
+agrees walks the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from conftest import Traffic, kget
+from devcluster import wait_until
+from mdkit import (
+    FAST_ROLLOUT,
+    apply,
+    body,
+    event_reasons,
+    rolled_back,
+    stable_then_custom_canary,
+    status,
+    wait_showing_status,
+    wait_stable,
+)
+from test_canary import gateway_api  # noqa: F401 - the Gateway API CRDs, a fixture
+
+pytestmark = pytest.mark.cluster
+
+SHADOW_ROLLOUT = {
+    **FAST_ROLLOUT,
+    "analysis": {**FAST_ROLLOUT["analysis"], "compareMetadata": False},
+    "shadow": {"duration": "4s", "fraction": 1.0, "minAgreement": 0.99},
+}
+
+
+@pytest.fixture
+def traffic(pod_runner) -> Traffic:
+    load = Traffic(pod_runner, "fraud").start()
+    yield load
+    load.stop()
+
+
+def shadow_configs(pod_runner, revision: str) -> list[dict]:
+    """GET /v2/shadow of each running pod of `revision`: what its server mirrors now."""
+    configs = []
+    for state in list(pod_runner.pods.values()):
+        labels = state.pod["metadata"].get("labels", {})
+        if not state.ready or labels.get("modeldeploy.io/revision") != revision:
+            continue
+        port = state.pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8080)
+        with urllib.request.urlopen(f"http://{state.ip}:{port}/v2/shadow", timeout=5) as reply:
+            configs.append(json.loads(reply.read()))
+    return configs
+
+
+class Watch:
+    """Status as the rollout goes: the weights and the phases of the shadow seen."""
+
+    def __init__(self, cluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.weights: list[int] = []
+        self.shadowed = False
+
+    def look(self) -> dict:
+        s = status(self.cluster, self.namespace)
+        if s.get("canaryRevision"):
+            weight = s.get("desiredWeight")
+            if weight is not None and (not self.weights or self.weights[-1] != weight):
+                self.weights.append(weight)
+            analysis = s.get("analysis") or {}
+            if analysis.get("shadowStartedAt") and not analysis.get("trafficStartedAt"):
+                self.shadowed = True
+        return s
+
+
+def test_a_disagreeing_shadow_is_rejected_before_it_serves_a_user(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    stable = stable_then_custom_canary(
+        cluster, namespace, model_uris["v1"], SHADOW_ROLLOUT, "FlippedModel"
+    )
+    watch = Watch(cluster, namespace)
+    mirrored_to: set[str] = set()
+
+    def rejected() -> bool:
+        s = watch.look()
+        if watch.shadowed and s.get("canaryRevision"):
+            mirrored_to.update(c.get("revision", "") for c in shadow_configs(pod_runner, stable))
+        return rolled_back(cluster, namespace)
+
+    wait_showing_status(cluster, namespace, rejected, 90, "the shadow rejected")
+    s = status(cluster, namespace)
+    record = s["lastRollback"]
+    assert record["check"] == "shadowAgreement", record
+    assert record["observedValue"] == "0%" and record["threshold"] == ">= 99%", record
+    assert record["samples"] >= 5  # minRequests compared answers at least
+    assert "agreed with stable's on 0 of" in record["message"]
+    assert "timeToDetect" not in record  # it never served a user
+    assert s["stableRevision"] == stable
+    assert s["rejectedRevisions"][0]["reason"] == "ShadowDisagrees"
+    # It never had live traffic: 0% from its start to its rejection.
+    assert watch.shadowed and set(watch.weights) == {0}, watch.weights
+    assert record["revision"] in mirrored_to  # stable's servers were told where to mirror
+    assert {"ShadowStarted", "RolledBack"} <= event_reasons(cluster, namespace)
+    # The operator stops the mirroring at once, not only when the configuration expires.
+    wait_until(
+        lambda: all(not c["active"] for c in shadow_configs(pod_runner, stable)),
+        10,
+        "stable's servers stopped mirroring",
+    )
+
+
+def test_an_agreeing_shadow_goes_on_to_the_canary_steps(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    apply(cluster, namespace, body(model_uris["v1"], SHADOW_ROLLOUT, version="v1"))
+    old = wait_stable(cluster, namespace)
+    # The same model under a new version label: a new revision that answers exactly like stable.
+    apply(cluster, namespace, body(model_uris["v1"], SHADOW_ROLLOUT, version="v1-rebuilt"))
+    watch = Watch(cluster, namespace)
+    agreement: list[dict] = []
+
+    def promoted() -> bool:
+        s = watch.look()
+        for check in (s.get("analysis") or {}).get("checks", []):
+            if check["name"] == "shadowAgreement":
+                agreement.append(check)
+        return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
+
+    wait_showing_status(cluster, namespace, promoted, 120, "the shadowed canary promoted")
+    s = status(cluster, namespace)
+    assert watch.shadowed
+    # 0% while shadowing, then every step in order.
+    assert watch.weights[0] == 0 and [w for w in watch.weights if w] == [25, 50, 100], watch.weights
+    assert agreement and all(c["outcome"] == "Passed" for c in agreement), agreement
+    assert agreement[-1]["value"] == "100%" and agreement[-1]["samples"] >= 5
+    assert not s.get("lastRollback") and s["stableVersion"] == "v1-rebuilt"
+    assert {"ShadowStarted", "ShadowPassed", "StepAdvanced", "Promoted"} <= event_reasons(
+        cluster, namespace
+    )
+
+
+@pytest.mark.usefixtures("gateway_api")
+def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
+    cluster, namespace, operator, pod_runner, traffic, model_uris
+):
+    rollout = {**SHADOW_ROLLOUT, "shadow": {**SHADOW_ROLLOUT["shadow"], "mirror": "Gateway",
+                                            "fraction": 0.25}}  # fmt: skip
+    gateway = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
+    first = body(model_uris["v1"], rollout, version="v1")
+    first["spec"]["traffic"] = gateway
+    apply(cluster, namespace, first)
+    old = wait_stable(cluster, namespace)
+    second = body(model_uris["v1"], rollout, version="v1-rebuilt")
+    second["spec"]["traffic"] = gateway
+    apply(cluster, namespace, second)
+    watch = Watch(cluster, namespace)
+    filters: list[list[dict]] = []
+    checks: set[str] = set()
+    server_mirrors: list[bool] = []
+
+    def promoted() -> bool:
+        s = watch.look()
+        rule = kget(cluster, "httproute", "fraud", "-n", namespace)["spec"]["rules"][0]
+        filters.append(rule.get("filters", []))
+        analysis = s.get("analysis") or {}
+        checks.update(c["name"] for c in analysis.get("checks", []))
+        if analysis.get("shadowStartedAt") and not analysis.get("trafficStartedAt"):
+            server_mirrors.extend(c["active"] for c in shadow_configs(pod_runner, old))
+        return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
+
+    wait_showing_status(cluster, namespace, promoted, 120, "promoted after a gateway shadow")
+    mirror = {
+        "type": "RequestMirror",
+        "requestMirror": {
+            "backendRef": {"group": "", "kind": "Service", "name": "fraud-canary", "port": 80},
+            "fraction": {"numerator": 2500, "denominator": 10000},
+        },
+    }
+    # Accepted by the real API server with the Gateway API CRDs, while the canary shadowed.
+    assert any(f == [mirror] for f in filters), filters
+    assert filters[-1] == []  # gone once live traffic moved
+    assert watch.shadowed and [w for w in watch.weights if w] == [25, 50, 100], watch.weights
+    # Judged on its own over the copies: no agreement, and stable's servers never mirrored.
+    assert "shadowErrorRate" in checks and "shadowAgreement" not in checks, checks
+    assert server_mirrors and not any(server_mirrors)
