@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -30,18 +29,21 @@ NOBODY = 65534
 MOTO_REQUIREMENT = "moto[server]>=5.0,<6"
 
 
-def dockerfile_install() -> tuple[list[tuple[str, str]], str, str]:
-    """The build stage's COPY (source, target) pairs, pip install command and default EXTRAS."""
-    text = DOCKERFILE.read_text()
-    build = text.split("\nFROM ")[1]  # the first stage
-    extras = re.search(r"^ARG EXTRAS=(\S+)$", build, re.M)
-    pip = re.search(r"^RUN (/opt/modelserver/bin/pip install .+)$", build, re.M)
-    assert extras and pip, "Dockerfile build stage must have ARG EXTRAS=... and RUN .../pip install"
+def dockerfile_install() -> tuple[list[tuple[str, str]], list[str], str]:
+    """The Dockerfile's COPY (source, target) pairs, its RUN commands after the venv's
+    (continuation lines joined) and the default EXTRAS."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    extras = re.search(r"^ARG EXTRAS=(\S+)$", text, re.M)
+    runs = re.findall(r"^RUN (.+)$", text, re.M)
+    venv = "python -m venv /opt/modelserver"
+    assert extras and venv in runs, "Dockerfile must have ARG EXTRAS=... and RUN " + venv
+    runs = runs[runs.index(venv) + 1 :]
+    assert any("/opt/modelserver/bin/pip install" in r for r in runs), runs
     copies = []
-    for line in re.findall(r"^COPY (?!--from)(.+)$", build, re.M):
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
         *sources, target = line.split()
         copies += [(s, target) for s in sources]
-    return copies, pip.group(1), extras.group(1)
+    return copies, runs, extras.group(1)
 
 
 def base_python() -> str:
@@ -71,7 +73,7 @@ def world_readable_dir(prefix: str) -> Path:
 def image_venv() -> Iterator[Path]:
     root = world_readable_dir("modelserver-image-")
     try:
-        copies, pip_command, extras = dockerfile_install()
+        copies, commands, extras = dockerfile_install()
         src = root / "src"
         for source, target in copies:
             dest = root / target.lstrip("/")
@@ -84,12 +86,12 @@ def image_venv() -> Iterator[Path]:
                 shutil.copy(origin, dest / origin.name if target.endswith("/") else dest)
         venv = root / "opt" / "modelserver"
         subprocess.run([base_python(), "-m", "venv", str(venv)], check=True)
-        command = pip_command.replace("/opt/modelserver", str(venv)).replace("${EXTRAS}", extras)
-        command = command.replace('"/src', f'"{src}')
-        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "EXTRAS": extras}
         env.pop("PIP_NO_CACHE_DIR", None)  # the image build has no cache to reuse; a test does
-        done = subprocess.run(shlex.split(command), env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        for command in commands:  # as the image's /bin/sh runs them (ARG EXTRAS in the env)
+            command = command.replace("/opt/modelserver", str(venv)).replace("/src", str(src))
+            done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+            assert done.returncode == 0, command + done.stdout[-3000:] + done.stderr[-3000:]
         for path in (root, *root.rglob("*")):
             path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
         yield venv
