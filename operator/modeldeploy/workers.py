@@ -96,20 +96,37 @@ def refresh(runtime: Runtime, key: Key) -> None:
         runtime.models.put(fresh)
 
 
+def take(runtime: Runtime) -> Key | None:
+    """The next key to work on while this replica leads, or None (after up to a second or two).
+
+    Leadership is checked again once a key is in hand: a replica that stood down while it waited
+    in `get` (its Lease renewal failed meanwhile) must not write for it. The key goes back into
+    the queue, for when this replica leads again (the new leader works from its own queue).
+    """
+    if not runtime.leading.wait(IDLE_BEAT_SECONDS):
+        return None
+    key = runtime.queue.get(timeout=IDLE_BEAT_SECONDS)
+    if key is None:
+        return None
+    assert isinstance(key, tuple)
+    if not runtime.leading.is_set():
+        runtime.queue.add(key)  # added while "processing": re-queued by done()
+        runtime.queue.done(key)
+        return None
+    return key
+
+
 def work(runtime: Runtime, name: str) -> None:
     """One worker: while this replica leads, take a key, run its pass, schedule what follows."""
     queue = runtime.queue
     while not runtime.stop.is_set():
         runtime.beat(name, "idle")
-        if not runtime.leading.wait(IDLE_BEAT_SECONDS):
-            continue
         try:
-            key = queue.get(timeout=IDLE_BEAT_SECONDS)
+            key = take(runtime)
         except ShutDown:
             return
         if key is None:
             continue
-        assert isinstance(key, tuple)
         if not runtime.children.synced():
             # A watch broke (the API server went away): wait for the relist rather than plan from
             # a picture of the children that may be minutes old.

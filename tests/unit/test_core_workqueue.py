@@ -129,3 +129,30 @@ def test_a_slow_pass_is_reported_once_and_the_next_pass_of_the_worker_again() ->
         ("worker-0", "pass of ml/fraud", 40.0),
         ("worker-1", "pass of ml/churn", 50.0),
     ]
+
+
+# -------------------------------------------------- a replica that stood down does not take work
+def test_a_key_taken_as_the_replica_stands_down_goes_back_to_the_queue() -> None:
+    from modeldeploy.config import OperatorConfig
+    from modeldeploy.runtime import Runtime
+    from modeldeploy.workers import take
+
+    runtime = Runtime(OperatorConfig())
+
+    class StandsDownDuringGet(WorkQueue):
+        """Its Lease renewal fails while the worker waits in get()."""
+
+        def get(self, timeout: float | None = None):  # type: ignore[no-untyped-def]
+            key = super().get(timeout)
+            runtime.leading.clear()
+            return key
+
+    runtime.queue = StandsDownDuringGet()
+    runtime.leading.set()
+    runtime.queue.add(("ml", "fraud"))
+    assert take(runtime) is None  # not worked on by a replica that no longer leads
+    assert len(runtime.queue) == 1  # kept for when it leads again
+    runtime.leading.set()
+    runtime.queue = WorkQueue()
+    runtime.queue.add(("ml", "fraud"))
+    assert take(runtime) == ("ml", "fraud")
