@@ -257,11 +257,13 @@ class PodState:
 
 @dataclass
 class Stopping:
-    """A server whose pod is gone: it had SIGTERM and gets SIGKILL at `kill_at`."""
+    """A server whose pod is gone: it had SIGTERM and gets SIGKILL at `kill_at`. Until it exits
+    it holds its pod IP (`ip`), as a real pod's sandbox does until it is torn down."""
 
     process: subprocess.Popen[bytes]
     kill_at: float
     directory: Path | None
+    ip: str = ""
 
 
 @dataclass
@@ -407,7 +409,9 @@ class PodRunner:
         grace = state.pod["metadata"].get("deletionGracePeriodSeconds")
         if grace is None:
             grace = state.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)
-        self._stopping.append(Stopping(container.process, now + float(grace), state.directory))
+        self._stopping.append(
+            Stopping(container.process, now + float(grace), state.directory, state.ip)
+        )
 
     def _reap(self, now: float) -> None:
         in_use = {s.directory for s in self.pods.values()}
@@ -466,7 +470,21 @@ class PodRunner:
                 return
             if self._backing_off(state, now):
                 return
+        holder = self._ip_held(state.ip)
+        if holder is not None:
+            # kwok hands a deleted pod's IP to the next pod at once, while that pod's server may
+            # still serve out its shutdown delay on it; a CNI would not reuse the IP before the
+            # old sandbox is gone. Wait, as a real pod waits for its sandbox.
+            state.waiting = ("ContainerCreating", f"pod IP {state.ip} is still held by {holder}")
+            return
         self._start(state, objects, now)
+
+    def _ip_held(self, ip: str) -> str | None:
+        """The terminating server still on `ip`, if any (its pod's directory name)."""
+        for stopping in self._stopping:
+            if stopping.ip == ip and stopping.process.poll() is None:
+                return stopping.directory.name if stopping.directory else "a terminating pod"
+        return None
 
     def _exited(self, state: PodState, container: Container, code: int, now: float) -> None:
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N

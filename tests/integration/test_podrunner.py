@@ -451,3 +451,25 @@ def test_an_unreachable_pod_is_ready_but_refuses_connections(
     assert pod_runner.server_pid("unreachable") is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((obj["status"]["podIP"], 8080), timeout=5).close()
+
+
+def test_a_pod_ip_is_not_reused_while_a_terminating_server_still_holds_it(tmp_path) -> None:
+    """kwok gives a deleted pod's IP to the next pod at once, while the old server may still
+    serve out its shutdown delay there: the new pod waited in a crash loop of "address already
+    in use" (a canary rolled back for it, in the full suite). It now waits as for its sandbox."""
+    import subprocess
+
+    from devcluster.podrunner import PodRunner, Stopping
+
+    runner = PodRunner(Path("kubectl"), Path("kubeconfig"), "ns", tmp_path)
+    old = subprocess.Popen(["sleep", "60"])
+    try:
+        runner._stopping.append(Stopping(old, kill_at=1e12, directory=tmp_path / "old-pod",
+                                         ip="127.66.0.5"))  # fmt: skip
+        assert runner._ip_held("127.66.0.5") == "old-pod"
+        assert runner._ip_held("127.66.0.6") is None
+        old.kill()
+        old.wait()
+        assert runner._ip_held("127.66.0.5") is None  # free once the old server has exited
+    finally:
+        old.kill()
