@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,8 @@ LOGGING_CONCURRENCY = 64
 # on, against plain modelserver, at every concurrency (c=1 shows what one request pays).
 SHADOW_SERVERS = ("ours-shadow", "ours-shadow-dead")
 SHADOW_FRACTION = {"ours-shadow": 0.1, "ours-shadow-dead": 1.0}
+SHADOW_TOKEN = "bench-operator-token"
+SHADOW_TOKEN_SHA256 = hashlib.sha256(SHADOW_TOKEN.encode()).hexdigest()
 
 
 def log(msg: str) -> None:
@@ -234,7 +237,13 @@ def launch_spec(server: str, model: str, path: Path, sink_url: str | None = None
             argv += ["--payload-log-url", sink_url or "http://127.0.0.1:9/"]
         elif server == "ours-log-dead":
             argv += ["--payload-log-url", f"http://127.0.0.1:{free_port()}/"]  # nobody listens
-        return Launch(argv, {}, port, "/v2/health/ready", infer)
+        # As the operator starts a model with spec.rollout.shadow: /v2/shadow takes its token.
+        env = (
+            {"MODELSERVER_OPERATOR_TOKEN_SHA256": SHADOW_TOKEN_SHA256}
+            if server in SHADOW_SERVERS
+            else {}
+        )
+        return Launch(argv, env, port, "/v2/health/ready", infer)
     if server == "naive":
         argv = [str(DEV_PYTHON), "-m", "uvicorn", "naive_app:app", "--app-dir", str(HERE / "peers"),
                 "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
@@ -372,7 +381,7 @@ def start_shadow(server: str, model: str, path: Path, port: int, rnd: int) -> Ru
            "fraction": SHADOW_FRACTION[server], "ttlSeconds": 3600}  # fmt: skip
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v2/shadow", data=json.dumps(doc).encode(), method="PUT",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {SHADOW_TOKEN}"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=5) as resp:
         resp.read()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .api import ModelDeployment, parse_duration
+from .api import ModelDeployment, ShadowMirror, parse_duration
 from .config import OperatorConfig
 from .naming import (
     APP_VERSION,
@@ -93,13 +93,28 @@ def requires_token(md: ModelDeployment) -> bool:
     return md.spec.serving.auth_secret_ref is not None or any(v in env for v in AUTH_VARIABLES)
 
 
+def servers_mirror(md: ModelDeployment) -> bool:
+    """Whether this model's servers are told where to mirror (spec.rollout.shadow with the
+    Server mirror): their ``/v2/shadow`` then takes the operator's credential."""
+    shadow = md.spec.rollout.shadow
+    return shadow is not None and shadow.mirror == ShadowMirror.SERVER
+
+
+def takes_operator_token(md: ModelDeployment) -> bool:
+    """Whether the pods carry the SHA-256 of the operator's credential: where users need a token
+    (the gates and scrapes must get in) and where the servers mirror (``/v2/shadow`` is never
+    open). Elsewhere the pod template, and so the revision, does not depend on the credential."""
+    return requires_token(md) or servers_mirror(md)
+
+
 def server_env(
     md: ModelDeployment, revision: str, model_uri: str, operator_token_sha256: str | None = None
 ) -> list[dict[str, Any]]:
     """The MODELSERVER_* settings (see modelserver.config) for this revision's pods.
 
-    A model that requires a token also gets the SHA-256 of the operator's credential, so the
-    operator's gates and scrapes are let in without the operator reading the user's Secret.
+    A model that requires a token, or whose servers mirror, also gets the SHA-256 of the
+    operator's credential, so the operator's gates, scrapes and shadow configuration are let in
+    without the operator reading the user's Secret (``takes_operator_token``).
     """
     spec = md.spec
     model = spec.model
@@ -126,7 +141,7 @@ def server_env(
         env["MODELSERVER_MODEL_CLASS"] = model.custom_class
     if spec.serving.auth_secret_ref:
         env["MODELSERVER_AUTH_TOKEN_FILE"] = f"{AUTH_MOUNT}/token"
-    if operator_token_sha256 and requires_token(md):
+    if operator_token_sha256 and takes_operator_token(md):
         env["MODELSERVER_OPERATOR_TOKEN_SHA256"] = operator_token_sha256
     port = grpc_port(md)
     if port is not None:

@@ -175,15 +175,27 @@ def pod_target(pod: dict[str, Any], default_model: str, default_port: int) -> Po
     )
 
 
-def served_model(observed: Observed, revision: str, default: str) -> str:
-    """The model name a revision serves under, read from its Deployment's pod template."""
+def template_env(observed: Observed, revision: str, name: str) -> str | None:
+    """A variable of the revision's Deployment's pod template, as its pods run (the spec may
+    have moved on since)."""
     deployment = observed.deployment_for(revision) or {}
     containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
     for container in containers or []:
         for env in container.get("env", []) or []:
-            if env.get("name") == "MODELSERVER_MODEL_NAME" and env.get("value"):
+            if env.get("name") == name and env.get("value"):
                 return str(env["value"])
-    return default
+    return None
+
+
+def served_model(observed: Observed, revision: str, default: str) -> str:
+    """The model name a revision serves under, read from its Deployment's pod template."""
+    return template_env(observed, revision, "MODELSERVER_MODEL_NAME") or default
+
+
+def servers_take_operator_token(observed: Observed, revision: str) -> bool:
+    """Whether the revision's servers accept the operator's credential (their pods carry its
+    digest): without it their ``/v2/shadow`` refuses to be configured."""
+    return template_env(observed, revision, "MODELSERVER_OPERATOR_TOKEN_SHA256") is not None
 
 
 def _open(url: str, tokens: tuple[str, ...] = (), body: Any = None) -> bytes:
@@ -578,6 +590,7 @@ def gather(
         created = _created(deployment) or now
         canary_pods = observed.pods_of(canary)
         fallback_ready = has_ready_pod(observed, stable)
+        stable_mirrors = servers_take_operator_token(observed, stable)
         pods = judge_pods(
             canary_pods, created, now, md.spec.rollout.progress_deadline, analysis.max_restarts
         )
@@ -600,7 +613,7 @@ def gather(
                 ours = read_metrics(md, observed, canary, snapshots, tokens, now)
                 hold = ours.problem if ours.metrics is None else None
                 metrics = None if hold else judge_shadow_alone(analysis, ours.metrics)
-                return Evidence(pods, metrics, gates, hold, fallback_ready)
+                return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
             counts = scrape_shadow(md, observed, stable, canary, snapshots, tokens)
             metrics = judge_shadow(analysis, shadow, counts)
             # Keep the canary's own window current, so its first live interval does not count
@@ -613,7 +626,7 @@ def gather(
             else:
                 theirs = read_metrics(md, observed, stable, snapshots, tokens, now)
                 metrics = judge_metrics(analysis, ours.metrics, theirs.metrics)
-        return Evidence(pods, metrics, gates, hold, fallback_ready)
+        return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
     if in_rollback_window(md, stable, now):
         previous = previous_revision(md, stable, set(observed.revisions()))
         signals = judge_pods(

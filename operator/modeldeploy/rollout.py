@@ -33,6 +33,7 @@ from .api import (
     InconclusivePolicy,
     ModelDeployment,
     RolloutOutcome,
+    ShadowMirror,
     parse_duration,
 )
 from .api.status import MAX_HISTORY, MAX_REJECTED
@@ -60,6 +61,9 @@ class Evidence:
     `fallback_ready`: the revision a rollback would return to (stable during a canary, the
     previous one in the rollback window) has a ready pod. When it has none, a rollback would
     help nobody: the canary is judged on its own and a failure is reported, not rolled back.
+    `stable_mirrors`: stable's servers accept the operator's credential on ``/v2/shadow``
+    (their pods carry its digest). A stable started before ``spec.rollout.shadow`` was set
+    does not, so a Server-mirrored shadow phase cannot run against it.
     """
 
     pods: Check | None = None
@@ -67,6 +71,7 @@ class Evidence:
     gates: list[Check] | None = None
     hold: Hold | None = None
     fallback_ready: bool = True
+    stable_mirrors: bool = True
 
 
 SPEC_CAUSE, OPERATOR_CAUSE = "Spec", "Operator"
@@ -554,6 +559,15 @@ def _after_gates(
     shadow = md.spec.rollout.shadow
     if shadow is None or not evidence.fallback_ready:
         analysis["trafficStartedAt"] = stamp(now)
+        return
+    if shadow.mirror == ShadowMirror.SERVER and not evidence.stable_mirrors:
+        analysis["trafficStartedAt"] = stamp(now)
+        message = (
+            f"stable {state.stable} was started before spec.rollout.shadow was set, so its "
+            f"servers refuse to mirror (they lack the operator's credential): canary "
+            f"{state.canary} goes to its steps without a shadow phase; the next update has one"
+        )
+        state.events.append(Event("Warning", "ShadowSkipped", message))
         return
     if evidence.pods is None or evidence.pods.outcome != CheckOutcome.PASSED:
         return  # the phase starts with every canary pod Ready: there is nothing to mirror to

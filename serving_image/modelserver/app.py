@@ -62,6 +62,10 @@ def _json(status: int, doc: Any) -> Response:
     return Response(status, protocol.dumps(doc))
 
 
+def _authorization(scope: Scope) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == b"authorization"), None)
+
+
 @dataclass
 class Route:
     endpoint: str
@@ -211,9 +215,9 @@ class App:
         if path == "/metrics":
             return Route(m.ENDPOINT_METRICS, "GET", open=not s.auth_protect_metrics, operator=True)
         if path == "/v2/shadow":
-            # Any method: _handle answers GET, PUT and DELETE. Never open without auth when auth
-            # is on: it decides where copies of live requests go.
-            return Route(m.ENDPOINT_SHADOW, method, operator=True)
+            # Any method: _handle answers GET, PUT and DELETE, each with a credential (see
+            # shadow_refusal), whether or not users need a token.
+            return Route(m.ENDPOINT_SHADOW, method, open=True)
         if path in ("/v2", "/v2/"):
             return Route(m.ENDPOINT_SERVER_METADATA, "GET", operator=True)
         if path.startswith("/v2/models/"):
@@ -372,8 +376,7 @@ class App:
         return Response(exc.status, protocol.dumps({"error": exc.message}), headers=headers)
 
     def _denied(self, scope: Scope, operator: bool = False) -> bool:
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        return self.denied(auth, operator)
+        return self.denied(_authorization(scope), operator)
 
     def denied(self, authorization: bytes | None, operator: bool = False) -> bool:
         """Whether auth is on and ``authorization`` (a header or gRPC metadata value) carries no
@@ -381,15 +384,39 @@ class App:
 
         The user's token is good everywhere; the operator's only where ``operator`` says so.
         """
-        if self.tokens is None:
+        if self.tokens is None or not self.tokens.users_need_a_token:
             return False
         if self.tokens.check(authorization):
             return False
         return not (operator and self.tokens.check_operator(authorization))
 
+    def shadow_refusal(self, authorization: bytes | None) -> RequestError | None:
+        """Why a request to ``/v2/shadow`` is refused, or None when it carries the user's or
+        the operator's token.
+
+        Never open, with or without user auth: whoever configures mirroring decides where
+        copies of every caller's requests (and their bearer tokens) go. A server with neither
+        credential configured refuses it outright; the operator sets its token's digest on
+        every model with ``spec.rollout.shadow``.
+        """
+        if self.tokens is None:
+            return RequestError(
+                403,
+                "/v2/shadow needs a credential and this server has none: start it with "
+                "MODELSERVER_AUTH_TOKEN(_FILE) or MODELSERVER_OPERATOR_TOKEN_SHA256 (the operator "
+                "sets the latter on models with spec.rollout.shadow)",
+            )
+        if self.tokens.check(authorization) or self.tokens.check_operator(authorization):
+            return None
+        return RequestError(401, "missing or invalid bearer token")
+
     async def _handle(self, route: Route, scope: Scope, receive: Receive) -> Response:
         if not route.open and self._denied(scope, route.operator):
             raise RequestError(401, "missing or invalid bearer token")
+        if route.endpoint == m.ENDPOINT_SHADOW:
+            refusal = self.shadow_refusal(_authorization(scope))
+            if refusal is not None:
+                raise refusal
         if scope["method"] != route.method:
             allow = ((b"allow", route.method.encode()),)
             msg = (

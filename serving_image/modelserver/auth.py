@@ -76,6 +76,12 @@ class TokenSource:
                 self._reload()
         return self._token
 
+    @property
+    def users_need_a_token(self) -> bool:
+        """Whether a user token is configured (auth is on); with only the operator's digest,
+        every endpoint but ``/v2/shadow`` stays open."""
+        return self._token is not None
+
     def check(self, authorization: bytes | None) -> bool:
         """Whether an Authorization header value carries the user's token."""
         token = self.token()
@@ -94,14 +100,17 @@ class TokenSource:
 
 
 def token_source(settings: Settings) -> TokenSource | None:
-    """The configured token source, or None when auth is off.
+    """The configured token source, or None when neither credential is configured.
 
-    The operator's digest alone does not turn auth on: without a user token every endpoint is
-    open anyway, so the operator needs no credential.
+    The operator's digest alone does not turn auth on (``users_need_a_token`` is False): without
+    a user token every endpoint is open anyway. It still guards ``/v2/shadow``, which decides
+    where copies of other callers' requests go and so is never open.
     """
     operator = settings.operator_token_sha256
     if settings.auth_token_file:
         return TokenSource(path=settings.auth_token_file, operator_sha256=operator)
     if settings.auth_token:
         return TokenSource(token=settings.auth_token.strip().encode(), operator_sha256=operator)
+    if operator:
+        return TokenSource(operator_sha256=operator)
     return None

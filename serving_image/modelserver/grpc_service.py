@@ -73,7 +73,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         code, model_label = 200, ""
         app.metrics.inflight_child.inc()
         try:
-            if not open and app.tokens is not None and app.denied(_authorization(context), True):
+            if not open and app.denied(_authorization(context), True):
                 raise RequestError(401, "missing or invalid bearer token")
             if model is not None:
                 model_label = model if model == self.model.name else m.UNKNOWN_MODEL

@@ -8,8 +8,10 @@ agrees walks the steps.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 from conftest import Traffic, kget
@@ -28,6 +30,7 @@ from mdkit import (
 from test_canary import gateway_api  # noqa: F401 - the Gateway API CRDs, a fixture
 
 pytestmark = pytest.mark.cluster
+CREDENTIAL_SECRET = "modeldeploy-operator-credential"
 
 SHADOW_ROLLOUT = {
     **FAST_ROLLOUT,
@@ -43,15 +46,33 @@ def traffic(pod_runner) -> Traffic:
     load.stop()
 
 
-def shadow_configs(pod_runner, revision: str) -> list[dict]:
-    """GET /v2/shadow of each running pod of `revision`: what its server mirrors now."""
-    configs = []
+def pod_urls(pod_runner, revision: str) -> Iterator[str]:
+    """The base URL of each running, ready pod of `revision` (its server's http port)."""
     for state in list(pod_runner.pods.values()):
         labels = state.pod["metadata"].get("labels", {})
         if not state.ready or labels.get("modeldeploy.io/revision") != revision:
             continue
         port = state.pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8080)
-        with urllib.request.urlopen(f"http://{state.ip}:{port}/v2/shadow", timeout=5) as reply:
+        yield f"http://{state.ip}:{port}"
+
+
+def operator_token(cluster, namespace: str) -> str:
+    """The operator's own token (its credential Secret; the test operator keeps it in the
+    test's namespace): /v2/shadow answers nobody else when users need no token."""
+    encoded = cluster.kubectl(
+        "get", "secret", CREDENTIAL_SECRET, "-n", namespace, "-o", "jsonpath={.data.token}"
+    ).stdout
+    return base64.b64decode(encoded).decode().strip()
+
+
+def shadow_configs(pod_runner, revision: str, token: str) -> list[dict]:
+    """GET /v2/shadow of each running pod of `revision`: what its server mirrors now."""
+    configs = []
+    for url in pod_urls(pod_runner, revision):
+        request = urllib.request.Request(
+            f"{url}/v2/shadow", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
             configs.append(json.loads(reply.read()))
     return configs
 
@@ -64,12 +85,8 @@ def mirrored_to(pod_runner, revision: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     sent: dict[str, float] = {}
-    for state in list(pod_runner.pods.values()):
-        labels = state.pod["metadata"].get("labels", {})
-        if not state.ready or labels.get("modeldeploy.io/revision") != revision:
-            continue
-        port = state.pod["spec"]["containers"][0].get("ports", [{}])[0].get("containerPort", 8080)
-        with urllib.request.urlopen(f"http://{state.ip}:{port}/metrics", timeout=5) as reply:
+    for url in pod_urls(pod_runner, revision):
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
             text = reply.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -128,8 +145,9 @@ def test_a_disagreeing_shadow_is_rejected_before_it_serves_a_user(
     assert sent.get(record["revision"], 0) >= record["samples"], sent
     assert {"ShadowStarted", "RolledBack"} <= event_reasons(cluster, namespace)
     # The operator stops the mirroring at once, not only when the configuration expires.
+    token = operator_token(cluster, namespace)
     wait_until(
-        lambda: all(not c["active"] for c in shadow_configs(pod_runner, stable)),
+        lambda: all(not c["active"] for c in shadow_configs(pod_runner, stable, token)),
         10,
         "stable's servers stopped mirroring",
     )
@@ -182,7 +200,7 @@ def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
     watch = Watch(cluster, namespace)
     filters: list[list[dict]] = []
     checks: set[str] = set()
-    server_mirrors: list[bool] = []
+    server_mirrors: list[dict[str, float]] = []
 
     def promoted() -> bool:
         s = watch.look()
@@ -191,7 +209,7 @@ def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
         analysis = s.get("analysis") or {}
         checks.update(c["name"] for c in analysis.get("checks", []))
         if analysis.get("shadowStartedAt") and not analysis.get("trafficStartedAt"):
-            server_mirrors.extend(c["active"] for c in shadow_configs(pod_runner, old))
+            server_mirrors.append(mirrored_to(pod_runner, old))
         return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
 
     wait_showing_status(cluster, namespace, promoted, 120, "promoted after a gateway shadow")
@@ -208,4 +226,4 @@ def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
     assert watch.shadowed and [w for w in watch.weights if w] == [25, 50, 100], watch.weights
     # Judged on its own over the copies: no agreement, and stable's servers never mirrored.
     assert "shadowErrorRate" in checks and "shadowAgreement" not in checks, checks
-    assert server_mirrors and not any(server_mirrors)
+    assert server_mirrors and not any(server_mirrors), server_mirrors

@@ -21,12 +21,24 @@ from modelserver.shadow import ShadowConfig, ShadowConfigError, ShadowStore, ans
 from servingkit import Server, metric, request, v2_body
 
 OPERATOR_TOKEN = "operator-secret"
+OPERATOR_DIGEST = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
 USER_TOKEN = "user-secret"
+# What the operator sets on every model with spec.rollout.shadow: its token's digest.
+AS_THE_OPERATOR_STARTS_IT = {"MODELSERVER_OPERATOR_TOKEN_SHA256": OPERATOR_DIGEST}
 
 
-def put(server: Server, doc: dict[str, Any], token: str | None = None) -> Any:
+def shadow_request(
+    server: Server,
+    method: str,
+    doc: dict[str, Any] | None = None,
+    token: str | None = OPERATOR_TOKEN,
+) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return request(server.port, "PUT", "/v2/shadow", doc, headers=headers)
+    return request(server.port, method, "/v2/shadow", doc, headers=headers)
+
+
+def put(server: Server, doc: dict[str, Any], token: str | None = OPERATOR_TOKEN) -> Any:
+    return shadow_request(server, "PUT", doc, token)
 
 
 def shadow_doc(target: int, revision: str = "r2", **extra: Any) -> dict[str, Any]:
@@ -52,7 +64,9 @@ def counts(server: Server, revision: str = "r2") -> dict[str, float]:
     return {k: metric(values, name, shadow=revision) for k, name in names.items()}
 
 
-def fraud_server(start_server, path, *extra: str, env: dict[str, str] | None = None) -> Server:
+def fraud_server(
+    start_server, path, *extra: str, env: dict[str, str] = AS_THE_OPERATOR_STARTS_IT
+) -> Server:
     server = start_server(
         "--model-uri", str(path), "--model-name", "fraud", "--default-outputs", "predict",
         *extra, env=env,
@@ -104,7 +118,7 @@ def test_a_different_model_disagrees_and_stops_with_delete(start_server, models)
     seen = counts(stable)
     assert seen["disagreed"] == 10 and seen["agreed"] == 15
 
-    stopped = request(stable.port, "DELETE", "/v2/shadow")
+    stopped = shadow_request(stable, "DELETE")
     assert stopped.status == 200 and stopped.json() == {"active": False}
     send(stable, same, 5)
     time.sleep(0.5)  # what would have been mirrored has had time to be
@@ -182,12 +196,15 @@ def test_a_dead_shadow_is_backed_off_from_and_copies_are_dropped(start_server, m
 def test_the_configuration_needs_a_credential_when_auth_is_on_and_the_token_is_passed_on(
     start_server, models
 ):
-    digest = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
-    env = {"MODELSERVER_AUTH_TOKEN": USER_TOKEN, "MODELSERVER_OPERATOR_TOKEN_SHA256": digest}
+    env = {
+        "MODELSERVER_AUTH_TOKEN": USER_TOKEN,
+        "MODELSERVER_OPERATOR_TOKEN_SHA256": OPERATOR_DIGEST,
+    }
     shadow = fraud_server(start_server, models.lr, "--model-version", "r2", env=env)
     stable = fraud_server(start_server, models.lr, "--model-version", "r1", env=env)
-    assert put(stable, shadow_doc(shadow.port)).status == 401
+    assert put(stable, shadow_doc(shadow.port), token=None).status == 401
     assert put(stable, shadow_doc(shadow.port), token="wrong").status == 401
+    assert put(stable, shadow_doc(shadow.port), token=USER_TOKEN).status == 200
     assert put(stable, shadow_doc(shadow.port), token=OPERATOR_TOKEN).status == 200
     # The caller's token goes along with the copy: the shadow (same ModelDeployment, same
     # Secret) accepts it, so its answers are compared, not refused.
@@ -211,7 +228,7 @@ def test_a_configuration_expires_by_itself(start_server, models):
     stable = fraud_server(start_server, models.lr, "--model-version", "r1")
     reply = put(stable, shadow_doc(shadow.port, ttlSeconds=1))
     assert reply.status == 200 and reply.json()["active"] is True
-    wait_until(lambda: stable.get("/v2/shadow").json() == {"active": False}, 10, "expired")
+    wait_until(lambda: shadow_request(stable, "GET").json() == {"active": False}, 10, "expired")
     send(stable, models.x, 5)
     time.sleep(0.5)
     assert counts(stable)["mirrored"] == 0
@@ -228,8 +245,30 @@ def test_invalid_configurations_are_refused_with_the_reason(start_server, models
     for doc, field in bad:
         reply = put(stable, doc)
         assert reply.status == 400 and field in reply.json()["error"], reply.body
-    assert request(stable.port, "POST", "/v2/shadow", {}).status == 405
-    assert stable.get("/v2/shadow").json() == {"active": False}
+    assert shadow_request(stable, "POST", {}).status == 405
+    assert shadow_request(stable, "GET").json() == {"active": False}
+
+
+def test_without_user_auth_the_configuration_still_needs_the_operators_token(start_server, models):
+    """Whoever configures mirroring decides where copies of every caller's requests go, so
+    /v2/shadow is never open: inference needs no token here, the configuration does."""
+    shadow = fraud_server(start_server, models.lr, "--model-version", "r2")
+    stable = fraud_server(start_server, models.lr, "--model-version", "r1")
+    for method in ("GET", "PUT", "DELETE"):
+        for token in (None, "wrong"):
+            reply = shadow_request(stable, method, shadow_doc(shadow.port), token=token)
+            assert reply.status == 401, (method, token, reply.body)
+    assert stable.get("/v2/health/ready").status == 200
+    send(stable, models.x, 3)  # users still need no token
+    assert put(stable, shadow_doc(shadow.port)).status == 200
+
+
+def test_a_server_with_no_credential_at_all_refuses_to_be_configured(start_server, models):
+    stable = fraud_server(start_server, models.lr, "--model-version", "r1", env={})
+    reply = put(stable, shadow_doc(1))
+    assert reply.status == 403, reply.body
+    assert "MODELSERVER_OPERATOR_TOKEN_SHA256" in reply.json()["error"]
+    send(stable, models.x, 3)
 
 
 # --- pure parts ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from core_fixtures import make_md
 from modeldeploy.api import Analysis, CheckOutcome, InvalidModelDeployment, Shadow
-from modeldeploy.evidence import _shadow_delta, parse_shadow_metrics
+from modeldeploy.children import server_env, takes_operator_token
+from modeldeploy.evidence import _shadow_delta, parse_shadow_metrics, servers_take_operator_token
 from modeldeploy.judge import Check, ShadowMetrics, judge_shadow
 from modeldeploy.observed import Observed
 from modeldeploy.rollout import Evidence, next_state, stamp
@@ -279,3 +280,55 @@ def test_gateway_shadow_is_judged_on_the_canarys_own_errors_without_agreement():
     ]
     few = judge_shadow_alone(Analysis(min_requests=20), RevisionMetrics(3, 0))
     assert few[0].name == "shadowRequests" and "requests mirrored to the canary" in few[0].message
+
+
+# --- /v2/shadow takes the operator's credential ---------------------------------------------
+
+
+def test_a_stable_started_before_the_shadow_was_set_cannot_mirror_and_the_phase_is_skipped():
+    evidence = Evidence(pods=READY, gates=GATES_OK, stable_mirrors=False)
+    state = step(canary_status(gates=False), evidence, 30)
+    # Straight to the first step, saying why, instead of a phase whose copies never come.
+    assert state.weight == 10 and "shadowStartedAt" not in state.analysis
+    assert [e.reason for e in state.events] == ["ShadowSkipped"]
+    assert state.events[0].type == "Warning" and "stable1" in state.events[0].message
+
+
+def test_the_gateway_mirror_needs_nothing_of_stables_servers():
+    rollout = {**SHADOW_ROLLOUT, "shadow": {**SHADOW_ROLLOUT["shadow"], "mirror": "Gateway"}}
+    md = make_md(
+        {"rollout": rollout, "traffic": GATEWAY_TRAFFIC}, status=canary_status(gates=False)
+    )
+    evidence = Evidence(pods=READY, gates=GATES_OK, stable_mirrors=False)
+    state = next_state(md, "canary1", {"stable1", "canary1"}, evidence, at(30), T0)
+    assert state.weight == 0 and state.analysis["shadowStartedAt"] == stamp(at(30))
+
+
+@pytest.mark.parametrize(
+    "spec, carries",
+    [
+        ({}, False),  # no auth, no shadow: the revision does not depend on the credential
+        ({"rollout": SHADOW_ROLLOUT}, True),  # stable's /v2/shadow needs it
+        ({"serving": {"authSecretRef": {"name": "s"}}}, True),  # gates and scrapes need it
+    ],
+)
+def test_pods_carry_the_operators_digest_where_auth_or_mirroring_needs_it(spec, carries):
+    md = make_md(spec)
+    env = {e["name"]: e.get("value") for e in server_env(md, "r1", "file:///m", "d" * 64)}
+    assert ("MODELSERVER_OPERATOR_TOKEN_SHA256" in env) is carries
+    assert takes_operator_token(md) is carries
+
+
+def test_stables_servers_take_the_token_as_their_deployment_says():
+    def deployment(revision: str, env: list[dict]) -> dict:
+        container = {"name": "model-server", "env": env}
+        return {
+            "metadata": {"name": revision, "labels": {"modeldeploy.io/revision": revision}},
+            "spec": {"template": {"spec": {"containers": [container]}}},
+        }
+
+    digest = [{"name": "MODELSERVER_OPERATOR_TOKEN_SHA256", "value": "d" * 64}]
+    observed = Observed(deployments=[deployment("old", []), deployment("new", digest)])
+    assert not servers_take_operator_token(observed, "old")
+    assert servers_take_operator_token(observed, "new")
+    assert not servers_take_operator_token(observed, "gone")
