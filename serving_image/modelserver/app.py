@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from . import __version__, payload_log, protocol, shadow
 from . import metric_names as m
 from .auth import token_source
+from .batcher import score
 from .config import Settings
 from .errors import RequestError
 from .metrics import ServerMetrics
@@ -485,11 +486,7 @@ class App:
             request = parse(body, model.contract)
         finally:
             batcher.incoming -= 1
-        try:
-            outputs = await batcher.submit(request.x, request.outputs)
-        except Exception as exc:
-            log.warning("inference failed: %s: %s", type(exc).__name__, exc)
-            raise RequestError(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+        outputs = await score(batcher, request)
         if route.endpoint == m.ENDPOINT_INFER:
             body = protocol.encode_v2(model.name, model.version, request.request_id, outputs)
         else:

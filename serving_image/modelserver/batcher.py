@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import RequestError
+from .protocol import ParsedRequest
+
 Predict = Callable[[np.ndarray, frozenset[str]], dict[str, np.ndarray]]
 OnBatch = Callable[[np.ndarray, float], None]
 log = logging.getLogger("modelserver.batcher")
@@ -227,3 +230,13 @@ class Batcher:
             results.append({k: v[offset:end] for k, v in out.items() if k in it.outputs})
             offset = end
         return results
+
+
+async def score(batcher: Batcher, request: ParsedRequest) -> dict[str, np.ndarray]:
+    """Score a parsed request in the next batch, the same way for REST and gRPC: an exception
+    from the model becomes a 500 naming it (INTERNAL over gRPC), and the server keeps serving."""
+    try:
+        return await batcher.submit(request.x, request.outputs)
+    except Exception as exc:
+        log.warning("inference failed: %s: %s", type(exc).__name__, exc)
+        raise RequestError(500, f"inference failed: {type(exc).__name__}: {exc}") from exc

@@ -343,12 +343,6 @@ def validate(s: Settings) -> None:
             raise ConfigError(
                 f"{_where('grpc_port')} must differ from {_where('port')}: both are {s.port}"
             )
-        if s.payload_log_url is not None:
-            raise ConfigError(
-                f"{_where('grpc_port')} and {_where('payload_log_url')} cannot both be set: "
-                "gRPC calls are not payload-logged, and an audit log that misses a protocol "
-                "is worse than none"
-            )
     if s.switch_interval_ms <= 0:
         raise ConfigError(f"{_where('switch_interval_ms')} must be positive")
     if s.max_concurrency is not None and s.max_concurrency < 1:

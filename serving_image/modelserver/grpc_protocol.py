@@ -13,6 +13,7 @@ the request: raw outputs for a raw request, as Triton and KServe clients expect,
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from .protocol import (
     ParsedRequest,
     check_output_name,
     check_shape,
+    dumps,
     to_model_dtype,
     v2_datatype,
 )
@@ -99,6 +101,61 @@ def parse_infer(request: Any, contract: InputContract) -> tuple[ParsedRequest, b
             names.append(out.name)
         outputs = frozenset(names)
     return ParsedRequest(x, outputs, request.id or None), bool(raw)
+
+
+def request_as_v2_json(request: Any) -> bytes:
+    """A ``ModelInferRequest`` as the REST request carrying the same call, for the payload log.
+
+    So a sink reads one shape whichever protocol carried an exchange: ``id``, ``parameters``-free
+    ``inputs`` with ``data`` (decoded from the typed contents, or from the raw bytes when they
+    fit the datatype and shape) and the requested ``outputs``. Raw bytes that cannot be decoded
+    (the request was refused for them) are kept as ``raw_input_contents`` in base64.
+    """
+    doc: dict[str, Any] = {}
+    if request.id:
+        doc["id"] = request.id
+    inputs = []
+    raw = request.raw_input_contents
+    for i, tensor in enumerate(request.inputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if i < len(raw):
+            values = _decoded_raw(raw[i], tensor.datatype)
+            if values is None:
+                entry["raw_input_contents"] = base64.b64encode(raw[i]).decode()
+            else:
+                entry["data"] = values
+        else:
+            entry["data"] = _typed_values(tensor)
+        inputs.append(entry)
+    doc["inputs"] = inputs
+    if request.outputs:
+        doc["outputs"] = [{"name": out.name} for out in request.outputs]
+    return dumps(doc)
+
+
+def _decoded_raw(raw: bytes, datatype: str) -> list[Any] | None:
+    target = DATATYPES.get(datatype)
+    if target is None or len(raw) % target.itemsize:
+        return None
+    values: list[Any] = np.frombuffer(raw, dtype=target.newbyteorder("<")).tolist()
+    return values
+
+
+def _typed_values(tensor: Any) -> list[Any]:
+    """The values of whichever typed contents field is filled (the datatype's own first)."""
+    filled = _filled_fields(tensor)
+    own = CONTENTS_FIELD.get(tensor.datatype)
+    field = own if own in filled else (filled[0] if filled else None)
+    if field is None:
+        return []
+    values = getattr(tensor.contents, field)
+    if field == "bytes_contents":
+        return [v.decode("utf-8", "replace") for v in values]
+    return list(values)
 
 
 def _filled_fields(tensor: Any) -> list[str]:

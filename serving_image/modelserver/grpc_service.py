@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from . import __version__, grpc_protocol
+from . import __version__, grpc_protocol, protocol
 from . import metric_names as m
+from .batcher import score
 from .errors import RequestError
+from .payload_log import sampled
 from .proto import pb, pb_grpc
 
 if TYPE_CHECKING:
@@ -41,6 +43,17 @@ STATUS_BY_HTTP = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 assert all(m.GRPC_STATUS_CODES[s.name] == h for h, s in STATUS_BY_HTTP.items())
+
+
+GRPC_INFER_PATH = b"/inference.GRPCInferenceService/ModelInfer"
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> list[tuple[bytes, bytes]]:
+    """The call's metadata as header pairs (``-bin`` values are bytes already)."""
+    return [
+        (key.encode(), value.encode() if isinstance(value, str) else value)
+        for key, value in context.invocation_metadata() or ()
+    ]
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> bytes | None:
@@ -66,11 +79,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         open: bool = False,
         model: str | None = None,
         version: str = "",
+        done: Callable[[str], None] | None = None,
     ) -> Any:
-        """Auth, model check, ``answer()``, metrics; a RequestError becomes a gRPC status."""
+        """Auth, model check, ``answer()``, metrics; a RequestError becomes a gRPC status.
+        ``done`` is told the refusal's message ("" when answered) once the call is over."""
         app = self.app
         start = time.perf_counter()
-        code, model_label = 200, ""
+        code, model_label, refusal = 200, "", ""
         app.metrics.inflight_child.inc()
         try:
             if not open and app.denied(_authorization(context), True):
@@ -80,22 +95,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 app.check_model(model, version or None)
             return await answer()
         except RequestError as exc:
-            code = exc.status
+            code, refusal = exc.status, exc.message
             status = STATUS_BY_HTTP.get(code, grpc.StatusCode.UNKNOWN)
             await context.abort(status, exc.message)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            code = 500
+            code, refusal = 500, f"internal error: {type(exc).__name__}: {exc}"
             log.exception("unhandled error in %s", endpoint)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            )
+            await context.abort(grpc.StatusCode.INTERNAL, refusal)
         finally:
             app.metrics.inflight_child.dec()
             app.metrics.observe_request(
                 model_label, endpoint, code, time.perf_counter() - start, m.PROTOCOL_GRPC
             )
+            if done is not None and model_label == self.model.name:
+                done(refusal)
 
     # --- health and metadata ---------------------------------------------------------------
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -147,6 +162,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        logger = self.app.payload_log
+        logged = logger is not None and sampled(logger.sample_rate)
+        answered: list[bytes] = []  # the answer as REST's JSON, when this call is logged
+
         async def answer() -> Any:
             model = self.model
             batcher, contract = model.batcher, model.contract
@@ -157,14 +176,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 parsed, raw = grpc_protocol.parse_infer(request, contract)
             finally:
                 batcher.incoming -= 1
-            try:
-                outputs = await batcher.submit(parsed.x, parsed.outputs)
-            except Exception as exc:
-                log.warning("inference failed: %s: %s", type(exc).__name__, exc)
-                raise RequestError(500, f"inference failed: {type(exc).__name__}: {exc}") from exc
+            outputs = await score(batcher, parsed)
+            if logged:
+                answered.append(
+                    protocol.encode_v2(model.name, model.version, parsed.request_id, outputs)
+                )
             return grpc_protocol.encode_infer(
                 pb.ModelInferResponse(), model.name, model.version, parsed.request_id, outputs, raw
             )
+
+        def log_exchange(refusal: str) -> None:
+            """Into the payload log like a REST exchange: REST's JSON for the request and the
+            answer (or the refusal), the call's metadata and its :path as the headers."""
+            assert logger is not None
+            try:
+                headers = [(b":path", GRPC_INFER_PATH), *_metadata(context)]
+                body = answered[0] if answered else protocol.dumps({"error": refusal})
+                request_json = grpc_protocol.request_as_v2_json(request)
+                logger.log(headers, request_json, body, drawn=True)
+            except Exception:
+                log.exception("payload log: could not queue a gRPC exchange")
 
         return await self._call(
             m.ENDPOINT_INFER,
@@ -172,6 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             answer,
             model=request.model_name,
             version=request.model_version,
+            done=log_exchange if logged else None,
         )
 
 

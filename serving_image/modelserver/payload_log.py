@@ -307,9 +307,11 @@ class PayloadLogger:
         request_body: bytes | None,
         response_body: bytes | None,
         content_type: str = "application/json",
+        drawn: bool = False,
     ) -> None:
-        """Queue this exchange's events if it is sampled; drops (and counts) what does not fit."""
-        if not sampled(self.sample_rate):
+        """Queue this exchange's events if it is sampled (``drawn``: the caller already drew,
+        before building the bodies); drops (and counts) what does not fit."""
+        if not drawn and not sampled(self.sample_rate):
             return
         exchange = event_id(request_headers)
         now = time.time()

@@ -437,8 +437,8 @@ def test_grpc_port_settings() -> None:
     assert load_settings(base, {"MODELSERVER_GRPC_PORT": "9000"}).grpc_port == 9000
     with pytest.raises(ConfigError, match="must differ from --port"):
         load_settings([*base, "--grpc-port", "8080"], {})
-    with pytest.raises(ConfigError, match="not payload-logged"):
-        load_settings([*base, "--grpc-port", "9000", "--payload-log-url", "http://sink"], {})
+    both = load_settings([*base, "--grpc-port", "9000", "--payload-log-url", "http://sink"], {})
+    assert both.grpc_port == 9000 and both.payload_log_url == "http://sink"  # gRPC is logged too
 
 
 def test_sigterm_drains_grpc_like_rest(start_server: Any, models: Any) -> None:

@@ -229,6 +229,63 @@ def test_request_and_response_events_pair_up_and_carry_the_exchange(
     assert counts == {"sent": 22, "failed": 0, "dropped": 0}
 
 
+def test_grpc_calls_are_logged_in_the_shape_of_the_same_rest_exchange(
+    start_server: Any, models: Any, sink: Sink
+) -> None:
+    """One sink parser for both protocols: a ModelInfer call's events carry REST's JSON for the
+    same call, typed or raw, answered or refused, with the call's metadata and :path."""
+    import grpc
+    from test_serving_grpc import Grpc, infer_request
+
+    port = free_port()
+    server = start_logging_server(
+        start_server, models, "--payload-log-url", sink.url, "--grpc-port", str(port)
+    )
+    client = Grpc(port)
+    rows = models.x[:2]
+    metadata = (("x-request-id", "typed-1"), ("authorization", "Bearer secret"))
+    request = infer_request(rows, outputs=["predict"], model="fraud", id="call-1")
+    client.stub.ModelInfer(request, metadata=metadata, timeout=30)
+    raw = infer_request(rows, raw=True, datatype="FP64", model="fraud")
+    client.stub.ModelInfer(raw, metadata=(("x-request-id", "raw-1"),), timeout=30)
+    bad = infer_request(rows, model="fraud")
+    del bad.inputs[0].contents.fp32_contents[-1]  # one value short of the shape
+    with pytest.raises(grpc.RpcError) as refused:
+        client.stub.ModelInfer(bad, metadata=(("x-request-id", "bad-1"),), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client.channel.close()
+    # The same typed call over REST, for its answer.
+    rest_body = {**v2_body(rows.tolist(), ["predict"]), "id": "call-1"}
+    rest = server.post("/v2/models/fraud/infer", rest_body, headers={"x-request-id": "rest-1"})
+    assert rest.status == 200
+
+    by_id: dict[str, dict[str, Received]] = {}
+    for event in sink.wait_for(8):
+        by_id.setdefault(event.id, {})[event.type] = event
+    assert set(by_id) == {"typed-1", "raw-1", "bad-1", "rest-1"}
+    typed = by_id["typed-1"]
+    logged = json.loads(typed[pl.REQUEST_TYPE].body)
+    assert logged["id"] == "call-1" and logged["outputs"] == [{"name": "predict"}]
+    (tensor,) = logged["inputs"]
+    assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("input-0", "FP32", [2, 20])
+    assert tensor["data"] == pytest.approx(rows.reshape(-1).tolist(), rel=1e-6)
+    assert typed[pl.RESPONSE_TYPE].body == by_id["rest-1"][pl.RESPONSE_TYPE].body  # REST's answer
+    meta = json.loads(typed[pl.REQUEST_TYPE].headers["ce-metadata"])
+    assert meta[":path"] == ["/inference.GRPCInferenceService/ModelInfer"]
+    assert meta["authorization"] == [pl.REDACTED] and meta["x-request-id"] == ["typed-1"]
+
+    raw_logged = json.loads(by_id["raw-1"][pl.REQUEST_TYPE].body)["inputs"][0]
+    assert raw_logged["datatype"] == "FP64" and raw_logged["data"] == rows.reshape(-1).tolist()
+    answer = json.loads(by_id["raw-1"][pl.RESPONSE_TYPE].body)  # raw over gRPC, data in JSON
+    assert answer["outputs"][0]["name"] == "predict" and len(answer["outputs"][0]["data"]) == 2
+
+    refusal = json.loads(by_id["bad-1"][pl.RESPONSE_TYPE].body)
+    assert refusal == {"error": refused.value.details()} and "needs 40" in refusal["error"]
+    assert len(json.loads(by_id["bad-1"][pl.REQUEST_TYPE].body)["inputs"][0]["data"]) == 39
+    counts = wait_metrics(server, lambda c: c["sent"] == 8)
+    assert counts == {"sent": 8, "failed": 0, "dropped": 0}
+
+
 def test_sample_rate_logs_about_that_share_of_exchanges(
     start_server: Any, models: Any, sink: Sink
 ) -> None:
@@ -494,3 +551,24 @@ def test_payload_log_settings_are_validated() -> None:
     for args, message in bad:
         with pytest.raises(ConfigError, match=message):
             load_settings([*base, *args], {})
+
+
+def test_a_grpc_request_as_rest_json_keeps_what_cannot_be_decoded() -> None:
+    from modelserver.grpc_protocol import request_as_v2_json
+    from modelserver.proto import pb
+
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype="FP32", shape=[1, 3])
+    request.raw_input_contents.append(b"\x00" * 5)  # not a whole number of FP32 values
+    request.inputs.add(name="b", datatype="INT32", shape=[2])
+    request.inputs[1].contents.int_contents.extend([4, 5])
+    request.inputs.add(name="c", datatype="BYTES", shape=[1])
+    request.inputs[2].contents.bytes_contents.append(b"caf\xc3\xa9")
+    doc = json.loads(request_as_v2_json(request))
+    assert doc == {
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [1, 3], "raw_input_contents": "AAAAAAA="},
+            {"name": "b", "datatype": "INT32", "shape": [2], "data": [4, 5]},
+            {"name": "c", "datatype": "BYTES", "shape": [1], "data": ["café"]},
+        ]
+    }

@@ -393,14 +393,4 @@ class Serving(ApiModel):
             check=lambda s: not _grpc_on(s) or s.grpc.port != s.port,
             field_path=".grpc.port",
         ),
-        Rule(
-            cel=f"!({_GRPC_ON}) || !has(self.logging)",
-            message=(
-                "grpc.enabled cannot be combined with logging: gRPC calls are not payload-logged, "
-                "so the audit log would miss them"
-            ),
-            check=lambda s: not _grpc_on(s) or s.logging is None,
-            field_path=".grpc.enabled",
-            reason="FieldValueForbidden",
-        ),
     )
