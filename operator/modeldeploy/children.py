@@ -25,6 +25,7 @@ CONTAINER = "server"
 SERVICE_PORT = 80
 MODEL_MOUNT_ROOT = "/mnt/models"
 AUTH_MOUNT = "/var/run/modeldeploy/auth"
+PAYLOAD_LOG_CA_MOUNT = "/var/run/modeldeploy/payload-log-ca"
 # The serving pod writes nothing but its artifact cache, and that goes to an emptyDir so the
 # root filesystem can stay read-only.
 CACHE_DIR = "/var/cache/modelserver"
@@ -177,6 +178,8 @@ def payload_log_env(md: ModelDeployment) -> dict[str, str]:
     }
     if logging.redact_headers:
         env["MODELSERVER_PAYLOAD_LOG_REDACT_HEADERS"] = ",".join(logging.redact_headers)
+    if logging.ca_config_map_ref is not None:
+        env["MODELSERVER_PAYLOAD_LOG_CA_FILE"] = f"{PAYLOAD_LOG_CA_MOUNT}/ca.crt"
     return env
 
 
@@ -227,6 +230,13 @@ def build_pod_template(
             }
         )
         mounts.append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
+    ca = serving.logging.ca_config_map_ref if serving.logging else None
+    if ca is not None:
+        items = [{"key": ca.key, "path": "ca.crt"}]
+        volumes.append({"name": "payload-log-ca", "configMap": {"name": ca.name, "items": items}})
+        mounts.append(
+            {"name": "payload-log-ca", "mountPath": PAYLOAD_LOG_CA_MOUNT, "readOnly": True}
+        )
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,

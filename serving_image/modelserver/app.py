@@ -541,7 +541,7 @@ def build_payload_logger(
         namespace=settings.namespace,
     )
     return payload_log.PayloadLogger(
-        payload_log.Sink.parse(settings.payload_log_url),
+        payload_log.Sink.parse(settings.payload_log_url, settings.payload_log_ca_file),
         identity,
         metrics.count_payload_log,
         mode=settings.payload_log_mode,

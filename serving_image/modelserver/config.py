@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import re
+import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,6 +184,13 @@ class Settings:
     )
     payload_log_timeout: float = field(
         default=2.0, metadata=_opt("Seconds to wait for the sink to connect or answer.")
+    )
+    payload_log_ca_file: str | None = field(
+        default=None,
+        metadata=_opt(
+            "PEM file of the CA(s) an https sink's certificate is verified against, instead of "
+            "the system's (a sink with a certificate from a private CA)."
+        ),
     )
     deployment_name: str = field(
         default="",
@@ -361,5 +369,18 @@ def validate(s: Settings) -> None:
         )
     if s.payload_log_timeout <= 0:
         raise ConfigError(f"{_where('payload_log_timeout')} must be positive")
+    if s.payload_log_ca_file is not None:
+        if not (s.payload_log_url or "").startswith("https://"):
+            raise ConfigError(
+                f"{_where('payload_log_ca_file')} needs an https:// "
+                f"{_where('payload_log_url')}: the CA verifies the sink's certificate"
+            )
+        try:
+            ssl.create_default_context(cafile=s.payload_log_ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"{_where('payload_log_ca_file')} {s.payload_log_ca_file}: no CA certificate "
+                f"could be read from it ({error})"
+            ) from error
     if not s.output_list:
         raise ConfigError(f"{_where('default_outputs')} must name at least one output")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import itertools
 import json
@@ -160,21 +161,28 @@ def event_headers(
 
 @dataclass(frozen=True)
 class Sink:
-    """Where events go: an http(s) URL split into host, port and request target."""
+    """Where events go: an http(s) URL split into host, port and request target, and for https
+    the CA file its certificate is verified against (None: the system's CAs)."""
 
     scheme: str
     host: str
     port: int
     path: str
+    ca_file: str | None = None
 
     @classmethod
-    def parse(cls, url: str) -> Sink:
+    def parse(cls, url: str, ca_file: str | None = None) -> Sink:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"payload log URL {url!r} must be http:// or https:// with a host")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.scheme, parts.hostname, port, path)
+        return cls(parts.scheme, parts.hostname, port, path, ca_file)
+
+    @functools.cached_property
+    def tls(self) -> ssl.SSLContext:
+        """Made once: loading CAs costs milliseconds, and a dead sink means many connects."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     @property
     def authority(self) -> str:
@@ -185,7 +193,7 @@ class Sink:
         sock = socket.create_connection((self.host, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.scheme == "https":
-            return ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            return self.tls.wrap_socket(sock, server_hostname=self.host)
         return sock
 
 

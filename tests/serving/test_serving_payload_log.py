@@ -11,6 +11,7 @@ import datetime as dt
 import http.client
 import io
 import json
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -53,9 +54,11 @@ class Sink:
     hold: threading.Event | None = None
     arrived: threading.Event = field(default_factory=threading.Event)
 
+    scheme: str = "http"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
+        return f"{self.scheme}://127.0.0.1:{self.port}/events"
 
     def received(self) -> list[Received]:
         with self.lock:
@@ -78,7 +81,11 @@ class Sink:
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    state = Sink()
+    yield from serve_sink(Sink())
+
+
+def serve_sink(state: Sink, tls: ssl.SSLContext | None = None) -> Iterator[Sink]:
+    """Run a sink for ``state`` on 127.0.0.1 (https with ``tls``) until the generator closes."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the logger uses it
@@ -101,6 +108,9 @@ def sink() -> Iterator[Sink]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        state.scheme = "https"
     state.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -284,6 +294,61 @@ def test_grpc_calls_are_logged_in_the_shape_of_the_same_rest_exchange(
     assert len(json.loads(by_id["bad-1"][pl.REQUEST_TYPE].body)["inputs"][0]["data"]) == 39
     counts = wait_metrics(server, lambda c: c["sent"] == 8)
     assert counts == {"sent": 8, "failed": 0, "dropped": 0}
+
+
+def test_an_https_sink_with_a_private_ca_is_trusted_through_the_ca_file(
+    start_server: Any, models: Any, tmp_path: Any
+) -> None:
+    """A sink whose certificate comes from the cluster's own CA (cert-manager, say): with the
+    CA's file the events arrive over TLS; with the system's CAs (or another CA) they fail and
+    are counted, and inference answers either way."""
+    from devcluster.pki import write_pki
+
+    pki = write_pki(tmp_path / "sink-ca")  # a CA, and a certificate for 127.0.0.1 it signed
+    other = write_pki(tmp_path / "other-ca")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.serving_cert, pki.serving_key)
+    serving = serve_sink(Sink(), tls)
+    sink = next(serving)
+    try:
+        trusting = start_logging_server(
+            start_server, models, "--payload-log-url", sink.url,
+            "--payload-log-ca-file", str(pki.ca_cert),
+        )  # fmt: skip
+        strangers = [
+            start_logging_server(start_server, models, "--payload-log-url", sink.url),
+            start_logging_server(
+                start_server, models, "--payload-log-url", sink.url,
+                "--payload-log-ca-file", str(other.ca_cert),
+            ),
+        ]  # fmt: skip
+        body = json.dumps(v2_body(models.x[:1].tolist())).encode()
+        for server in (trusting, *strangers):
+            client = Client(server.port)
+            for i in range(3):
+                status, _ = client.post("/v2/models/fraud/infer", body, {"x-request-id": f"{i}"})
+                assert status == 200
+            client.close()
+        assert len(sink.wait_for(6)) == 6
+        assert wait_metrics(trusting, lambda c: c["sent"] == 6)["failed"] == 0
+        for server in strangers:  # the handshake fails: certificate verify failed
+            counts = wait_metrics(server, lambda c: c["failed"] == 6)
+            assert counts["sent"] == 0, counts
+        assert len(sink.received()) == 6  # nothing reached the sink from the other two
+    finally:
+        serving.close()
+
+
+def test_the_ca_file_is_checked_at_start(tmp_path: Any) -> None:
+    base = ["--model-uri", "m.joblib", "--payload-log-url", "https://sink.example/events"]
+    with pytest.raises(ConfigError, match="no CA certificate could be read"):
+        load_settings([*base, "--payload-log-ca-file", str(tmp_path / "missing.pem")], {})
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="no CA certificate could be read"):
+        load_settings([*base, "--payload-log-ca-file", str(tmp_path / "junk.pem")], {})
+    http = ["--model-uri", "m.joblib", "--payload-log-url", "http://sink/events"]
+    with pytest.raises(ConfigError, match="needs an https://"):
+        load_settings([*http, "--payload-log-ca-file", str(tmp_path / "junk.pem")], {})
 
 
 def test_sample_rate_logs_about_that_share_of_exchanges(

@@ -203,6 +203,28 @@ def test_payload_logging_is_rendered_into_the_serving_env_and_makes_a_new_revisi
     assert revision_of(sampled_more, IMAGE) != revision_of(md, IMAGE)
 
 
+def test_a_private_ca_for_the_sink_is_mounted_from_its_config_map_and_named_in_the_env():
+    logging = {
+        "url": "https://audit-sink.monitoring.svc:8443/events",
+        "caConfigMapRef": {"name": "audit-ca", "key": "ca-bundle.pem"},
+    }
+    md = make_md({"serving": {"logging": logging}})
+    pod = build_deployment(md, "r1", IMAGE, replicas=1)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "payload-log-ca")
+    assert volume["configMap"] == {
+        "name": "audit-ca", "items": [{"key": "ca-bundle.pem", "path": "ca.crt"}]
+    }  # fmt: skip
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "payload-log-ca")
+    assert mount["readOnly"] is True
+    env = env_of(build_deployment(md, "r1", IMAGE, replicas=1))
+    assert env["MODELSERVER_PAYLOAD_LOG_CA_FILE"] == f"{mount['mountPath']}/ca.crt"
+    plain = make_md({"serving": {"logging": {"url": logging["url"]}}})
+    plain_pod = build_deployment(plain, "r1", IMAGE, replicas=1)["spec"]["template"]["spec"]
+    assert "payload-log-ca" not in {v["name"] for v in plain_pod["volumes"]}
+    assert "MODELSERVER_PAYLOAD_LOG_CA_FILE" not in env_of(build_deployment(plain, "r1", IMAGE, 1))
+
+
 def test_grpc_is_a_named_port_on_the_pods_and_an_h2c_port_on_the_service():
     md = make_md({"serving": {"grpc": {"enabled": True}}})
     container = build_deployment(md, "r1", IMAGE, replicas=1)["spec"]["template"]["spec"][

@@ -183,6 +183,15 @@ SINK_URL = r"^https?://[^/?#\s:@]+(:[0-9]{1,5})?([/?][!-~]*)?$"
 HTTP_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
 
+class CaConfigMapRef(ApiModel):
+    """A key in a ConfigMap in the ModelDeployment's namespace holding PEM CA certificates."""
+
+    name: ObjectName = Field(description="ConfigMap name.")
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern="^[-._a-zA-Z0-9]+$")] = Field(
+        default="ca.crt", description="Key within the ConfigMap (a PEM bundle)."
+    )
+
+
 class PayloadLogging(ApiModel):
     """Audit logging: the model server sends sampled inference requests and responses to a sink.
 
@@ -224,7 +233,24 @@ class PayloadLogging(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
+    ca_config_map_ref: CaConfigMapRef | None = Field(
+        default=None,
+        description=(
+            "A ConfigMap key holding the PEM CA bundle an https sink's certificate is verified "
+            "against, instead of the image's system CAs: for sinks with certificates from a "
+            "private CA (cert-manager, trust-manager bundles). Mounted read-only into the pods; "
+            "https URLs only."
+        ),
+    )
+
     __rules__ = (
+        Rule(
+            cel="!has(self.caConfigMapRef) || self.url.startsWith('https://')",
+            message="caConfigMapRef needs an https:// url: the CA verifies the sink's certificate",
+            check=lambda p: p.ca_config_map_ref is None or p.url.startswith("https://"),
+            field_path=".caConfigMapRef",
+            reason="FieldValueForbidden",
+        ),
         Rule(
             cel=(
                 "self.mode != 'responses' || !has(self.redactHeaders)"
