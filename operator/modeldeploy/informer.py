@@ -44,6 +44,7 @@ CHILD_KINDS = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("v1", "Pod"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
 )
 Owner = tuple[str, str]  # (namespace, ModelDeployment name)
 

@@ -36,6 +36,7 @@ PLURALS = {
     ("v1", "Secret"): "secrets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): "grpcroutes",
     ("modeldeploy.io/v1alpha1", "ModelDeployment"): "modeldeployments",
     ("coordination.k8s.io/v1", "Lease"): "leases",
 }

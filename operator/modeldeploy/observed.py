@@ -21,6 +21,7 @@ class Observed:
     hpas: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     routes: list[dict[str, Any]] = field(default_factory=list)
+    grpc_routes: list[dict[str, Any]] = field(default_factory=list)
 
     def deployment_for(self, revision: str) -> dict[str, Any] | None:
         for deployment in self.deployments:
@@ -46,6 +47,7 @@ class Observed:
             "Service": self.services,
             "HorizontalPodAutoscaler": self.hpas,
             "HTTPRoute": self.routes,
+            "GRPCRoute": self.grpc_routes,
         }[kind]
         return next((o for o in pool if o["metadata"]["name"] == name), None)
 

@@ -38,6 +38,7 @@ from .rollout import (
     stamp,
 )
 from .traffic import (
+    build_grpc_route,
     build_http_route,
     build_services,
     effective_weight,
@@ -171,6 +172,9 @@ def plan_children(
     route = build_http_route(md, state.canary, state.weight, mirror)
     if route is not None:
         objects.append(route)
+    grpc_route = build_grpc_route(md, state.canary, state.weight)
+    if grpc_route is not None:
+        objects.append(grpc_route)
     hpa = build_hpa(md, deployment_name(name, state.stable))
     if hpa is not None:
         objects.append(hpa)
@@ -198,6 +202,11 @@ def plan_children(
         delete += [
             ChildRef("gateway.networking.k8s.io/v1", "HTTPRoute", r["metadata"]["name"])
             for r in observed.routes
+        ]
+    if grpc_route is None:
+        delete += [
+            ChildRef("gateway.networking.k8s.io/v1", "GRPCRoute", r["metadata"]["name"])
+            for r in observed.grpc_routes
         ]
     return objects, delete, stable_size
 

@@ -61,6 +61,7 @@ def observe(cache: ChildCache, namespace: str, name: str) -> Observed:
         hpas=cache.children("HorizontalPodAutoscaler", namespace, name),
         pods=cache.children("Pod", namespace, name),
         routes=cache.children("HTTPRoute", namespace, name),
+        grpc_routes=cache.children("GRPCRoute", namespace, name),
     )
 
 
@@ -72,14 +73,15 @@ def read_observed(kube: Kube, namespace: str, name: str) -> Observed:
         services=kube.list_objects("v1", "Service", namespace, selector),
         hpas=kube.list_objects("autoscaling/v2", "HorizontalPodAutoscaler", namespace, selector),
         pods=kube.list_objects("v1", "Pod", namespace, selector),
-        routes=_routes(kube, namespace, selector),
+        routes=_routes(kube, "HTTPRoute", namespace, selector),
+        grpc_routes=_routes(kube, "GRPCRoute", namespace, selector),
     )
 
 
-def _routes(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
-    """HTTPRoutes, or none where the Gateway API is not installed."""
+def _routes(kube: Kube, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """HTTPRoutes (or GRPCRoutes), or none where the Gateway API is not installed."""
     try:
-        return kube.list_objects("gateway.networking.k8s.io/v1", "HTTPRoute", namespace, selector)
+        return kube.list_objects("gateway.networking.k8s.io/v1", kind, namespace, selector)
     except ApiException as error:
         if error.status == 404:
             return []

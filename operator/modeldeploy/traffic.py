@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import ModelDeployment, Router
-from .children import SERVICE_PORT, build_service, child_metadata
+from .children import SERVICE_PORT, build_service, child_metadata, grpc_port
 from .naming import REVISION, role_service_name
 
 
@@ -105,6 +105,36 @@ def _role_service(md: ModelDeployment, role: str, revision: str) -> dict[str, An
     return service
 
 
+def _weighted_backends(md: ModelDeployment, canary: str | None, weight: int, port: int) -> list:
+    assert md.metadata.name is not None
+    stable_svc = role_service_name(md.metadata.name, "stable")
+    backends = [{"name": stable_svc, "port": port, "weight": 100 - (weight if canary else 0)}]
+    if canary is not None:
+        canary_svc = role_service_name(md.metadata.name, "canary")
+        backends.append({"name": canary_svc, "port": port, "weight": weight})
+    return backends
+
+
+def _route(md: ModelDeployment, kind: str, rule: dict[str, Any]) -> dict[str, Any]:
+    """An HTTPRoute or GRPCRoute of one rule, attached where spec.traffic.gateway says."""
+    gateway = md.spec.traffic.gateway
+    assert gateway is not None and md.metadata.name is not None
+    parents = [
+        p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in gateway.parent_refs
+    ]
+    if gateway.mesh:  # GAMMA: the mesh applies the route to calls of the Service itself
+        parents.append({"group": "", "kind": "Service", "name": md.metadata.name})
+    spec: dict[str, Any] = {"parentRefs": parents, "rules": [rule]}
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": kind,
+        "metadata": child_metadata(md, gateway.http_route_name or md.metadata.name),
+        "spec": spec,
+    }
+
+
 def build_http_route(
     md: ModelDeployment, canary: str | None, weight: int, mirror: bool = False
 ) -> dict[str, Any] | None:
@@ -114,28 +144,10 @@ def build_http_route(
     RequestMirror filter copies shadow.fraction of the requests to the canary's Service; the
     gateway discards the copies' answers.
     """
-    gateway = md.spec.traffic.gateway
-    if md.spec.traffic.router != Router.GATEWAY_API or gateway is None:
+    if md.spec.traffic.router != Router.GATEWAY_API or md.spec.traffic.gateway is None:
         return None
     assert md.metadata.name is not None
-    stable_svc = role_service_name(md.metadata.name, "stable")
-    backends = [
-        {"name": stable_svc, "port": SERVICE_PORT, "weight": 100 - (weight if canary else 0)}
-    ]
-    if canary is not None:
-        backends.append(
-            {
-                "name": role_service_name(md.metadata.name, "canary"),
-                "port": SERVICE_PORT,
-                "weight": weight,
-            }
-        )
-    parents = [
-        p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in gateway.parent_refs
-    ]
-    if gateway.mesh:  # GAMMA: the mesh applies the route to calls of the Service itself
-        parents.append({"group": "", "kind": "Service", "name": md.metadata.name})
-    rule: dict[str, Any] = {"backendRefs": backends}
+    rule: dict[str, Any] = {"backendRefs": _weighted_backends(md, canary, weight, SERVICE_PORT)}
     shadow = md.spec.rollout.shadow
     if mirror and canary is not None and shadow is not None:
         rule["filters"] = [
@@ -154,13 +166,17 @@ def build_http_route(
                 },
             }
         ]
-    spec: dict[str, Any] = {"parentRefs": parents, "rules": [rule]}
-    if gateway.hostnames:
-        spec["hostnames"] = list(gateway.hostnames)
-    name = gateway.http_route_name or md.metadata.name
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": child_metadata(md, name),
-        "spec": spec,
-    }
+    return _route(md, "HTTPRoute", rule)
+
+
+def build_grpc_route(md: ModelDeployment, canary: str | None, weight: int) -> dict[str, Any] | None:
+    """GRPCRoute with the same weights as the HTTPRoute, to the Services' `grpc` port: with the
+    gateway-api router and gRPC on, gRPC calls through the gateway follow the canary's steps
+    (per call, not per connection as with the replica router). Same name, parents and hostnames
+    as the HTTPRoute; None otherwise. A shadow phase mirrors REST only."""
+    port = grpc_port(md)
+    if port is None or md.spec.traffic.router != Router.GATEWAY_API:
+        return None
+    if md.spec.traffic.gateway is None:
+        return None
+    return _route(md, "GRPCRoute", {"backendRefs": _weighted_backends(md, canary, weight, port)})

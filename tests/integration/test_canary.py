@@ -305,7 +305,8 @@ def test_gateway_api_weights_follow_the_steps(
         "router": "gateway-api",
         "gateway": {"parentRefs": [{"name": "public"}], "mesh": True},
     }
-    first = body(model_uris["v1"], version="v1")
+    grpc = {"grpc": {"enabled": True}}  # and a GRPCRoute with the same weights
+    first = body(model_uris["v1"], None, grpc, version="v1")
     first["spec"]["traffic"] = gateway
     apply(cluster, namespace, first)
     old = wait_stable(cluster, namespace)
@@ -313,23 +314,30 @@ def test_gateway_api_weights_follow_the_steps(
     assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]] == [
         ("fraud-stable", 100)
     ]
+    grpc_route = kget(cluster, "grpcroute", "fraud", "-n", namespace)
+    assert [(b["name"], b["port"]) for b in grpc_route["spec"]["rules"][0]["backendRefs"]] == [
+        ("fraud-stable", 9000)
+    ]
     # mesh: the route also attaches to the model's own Service (GAMMA), accepted by the real API
     # server with the Gateway API CRDs, so a GAMMA mesh splits in-cluster calls exactly.
     assert {"group": "", "kind": "Service", "name": "fraud"} in route["spec"]["parentRefs"]
 
-    second = body(model_uris["v2"], version="v2")
+    second = body(model_uris["v2"], None, grpc, version="v2")
     second["spec"]["traffic"] = gateway
     apply(cluster, namespace, second)
     seen: list[tuple[int, ...]] = []
+    seen_grpc: list[tuple[int, ...]] = []
     pins: list[str | None] = []
 
+    def weights_of(kind: str) -> tuple[int, ...]:
+        backends = kget(cluster, kind, "fraud", "-n", namespace)["spec"]["rules"][0]["backendRefs"]
+        return tuple(b["weight"] for b in backends)
+
     def promoted() -> bool:
-        backends = kget(cluster, "httproute", "fraud", "-n", namespace)["spec"]["rules"][0][
-            "backendRefs"
-        ]
-        weights = tuple(b["weight"] for b in backends)
-        if not seen or seen[-1] != weights:
-            seen.append(weights)
+        for kind, log in (("httproute", seen), ("grpcroute", seen_grpc)):
+            weights = weights_of(kind)
+            if not log or log[-1] != weights:
+                log.append(weights)
         pin = service_selector(cluster, namespace).get("modeldeploy.io/revision")
         if not pins or pins[-1] != pin:
             pins.append(pin)
@@ -338,6 +346,7 @@ def test_gateway_api_weights_follow_the_steps(
 
     wait_until(promoted, 90, "promotion through the Gateway API router")
     assert [w for w in seen if len(w) == 2 and w[1] > 0] == [(75, 25), (50, 50), (0, 100)], seen
+    assert [w for w in seen_grpc if len(w) == 2 and w[1] > 0] == [(75, 25), (50, 50), (0, 100)]
     # In-cluster callers of the `fraud` Service (status.url) follow the split as well: the
     # Service selects both revisions mid-way instead of staying pinned to stable.
     assert pins[0] == old and None in pins, pins

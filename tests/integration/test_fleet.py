@@ -23,7 +23,8 @@ from mdkit import FAST_ROLLOUT, apply, body, status, wait_stable
 pytestmark = pytest.mark.cluster
 
 WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
-CHILD_RESOURCES = {"deployments", "services", "horizontalpodautoscalers", "pods", "httproutes"}
+ROUTES = {"httproutes", "grpcroutes"}
+CHILD_RESOURCES = {"deployments", "services", "horizontalpodautoscalers", "pods", *ROUTES}
 LEASE_SECONDS = 3  # retry every 0.6 s: failover in seconds, not the default 15
 
 
@@ -107,7 +108,7 @@ def test_child_watches_filter_on_the_server_and_an_idle_fleet_reads_nothing(
         if r["verb"] in ("list", "watch") and r["objectRef"].get("resource") in CHILD_RESOURCES
     ]  # fmt: skip
     watched = {r["objectRef"]["resource"] for r in reads if r["verb"] == "watch"}
-    assert watched >= CHILD_RESOURCES - {"httproutes"}, watched  # no Gateway API: nothing to watch
+    assert watched >= CHILD_RESOURCES - ROUTES, watched  # no Gateway API: nothing to watch
     selectors = {query(r).get("labelSelector", [""])[0] for r in reads}
     assert selectors == {"app.kubernetes.io/managed-by=modeldeploy,modeldeploy.io/name"}, selectors
 

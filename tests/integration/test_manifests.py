@@ -68,6 +68,7 @@ EXPECTED_RULES = frozenset(
         *(("", "services", v) for v in CHILD_VERBS),
         *(("autoscaling", "horizontalpodautoscalers", v) for v in CHILD_VERBS),
         *(("gateway.networking.k8s.io", "httproutes", v) for v in CHILD_VERBS),
+        *(("gateway.networking.k8s.io", "grpcroutes", v) for v in CHILD_VERBS),
         *(("", "pods", v) for v in ("get", "list", "watch")),
         ("", "configmaps", "get"),
         ("", "events", "create"),
@@ -766,6 +767,8 @@ WORK = [  # what the operator does in a namespace it manages
     ("delete", "horizontalpodautoscalers.autoscaling"),
     ("list", "httproutes.gateway.networking.k8s.io"),
     ("patch", "httproutes.gateway.networking.k8s.io"),
+    ("list", "grpcroutes.gateway.networking.k8s.io"),
+    ("patch", "grpcroutes.gateway.networking.k8s.io"),
     ("list", "pods"), ("watch", "pods"), ("get", "configmaps"), ("create", "events"),
 ]  # fmt: skip
 NEVER_IN_A_NAMESPACE = [  # what it must not do even where it works

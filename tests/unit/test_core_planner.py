@@ -235,6 +235,38 @@ def test_gateway_router_writes_exact_weights_on_an_http_route():
     ]
 
 
+def test_with_grpc_on_a_grpc_route_carries_the_same_weights_to_the_grpc_port():
+    traffic = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}],
+                                                    "hostnames": ["fraud.example.com"]}}  # fmt: skip
+    serving = {"grpc": {"enabled": True, "port": 9001}}
+    old_md = make_md({"scaling": {"replicas": 10}, "traffic": traffic, "serving": serving})
+    old = rev(old_md)
+    spec = {"scaling": {"replicas": 10}, "traffic": traffic, "serving": serving,
+            "rollout": {"steps": [10, 100]}, **V8}  # fmt: skip
+    new = rev(make_md(spec))
+    observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 10))])
+    result = plan(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
+    http = next(o for o in result.apply if o["kind"] == "HTTPRoute")
+    grpc = next(o for o in result.apply if o["kind"] == "GRPCRoute")
+    assert grpc["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert [(b["name"], b["port"], b["weight"]) for b in grpc["spec"]["rules"][0]["backendRefs"]] == [
+        ("fraud-stable", 9001, 90), ("fraud-canary", 9001, 10),
+    ]  # fmt: skip
+    for key in ("parentRefs", "hostnames"):
+        assert grpc["spec"][key] == http["spec"][key]
+    assert grpc["metadata"]["name"] == http["metadata"]["name"] == "fraud"
+    # gRPC turned off: the GRPCRoute goes; REST-only models never get one.
+    plain = {**spec, "serving": {}}
+    observed_route = Observed(
+        deployments=observed.deployments, grpc_routes=[{"metadata": {"name": "fraud"}}]
+    )
+    result = plan(canary_md(plain, old, rev(make_md(plain)), 0), observed_route, NOW, CONFIG)
+    assert not [o for o in result.apply if o["kind"] == "GRPCRoute"]
+    assert [(d.kind, d.name) for d in result.delete if d.kind == "GRPCRoute"] == [
+        ("GRPCRoute", "fraud")
+    ]
+
+
 def test_gateway_router_with_a_mesh_attaches_the_route_to_the_models_service():
     traffic = {
         "router": "gateway-api",

@@ -72,7 +72,7 @@ same rules as manifests/cluster-wide/clusterrole.yaml, which a test checks. */}}
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The canary router for traffic.router: gateway-api (harmless without the Gateway API).
 - apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["httproutes"]
+  resources: ["httproutes", "grpcroutes"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Canary health and pod IPs for scraping /metrics; pods are created by ReplicaSets, never by us.
 - apiGroups: [""]
