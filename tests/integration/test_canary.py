@@ -291,11 +291,14 @@ def gateway_api(cluster) -> None:
     # Not `kubectl wait`: right after the apply the CRD may have no status yet, and kubectl
     # wait then fails ("<nil> is of the type <nil>") instead of waiting.
     def established() -> bool:
-        crd = kget(cluster, "crd", "httproutes.gateway.networking.k8s.io")
-        conditions = (crd.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+        for kind in ("httproutes", "grpcroutes"):
+            crd = kget(cluster, "crd", f"{kind}.gateway.networking.k8s.io")
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+        return True
 
-    wait_until(established, 60, "the HTTPRoute CRD Established")
+    wait_until(established, 60, "the HTTPRoute and GRPCRoute CRDs Established")
 
 
 def test_gateway_api_weights_follow_the_steps(
