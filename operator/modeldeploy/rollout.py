@@ -563,9 +563,10 @@ def _after_gates(
     if shadow.mirror == ShadowMirror.SERVER and not evidence.stable_mirrors:
         analysis["trafficStartedAt"] = stamp(now)
         message = (
-            f"stable {state.stable} was started before spec.rollout.shadow was set, so its "
-            f"servers refuse to mirror (they lack the operator's credential): canary "
-            f"{state.canary} goes to its steps without a shadow phase; the next update has one"
+            f"stable {state.stable}'s pods do not carry the operator's credential (they were "
+            f"started before spec.rollout.shadow was set, or the operator has none), so its "
+            f"servers refuse to mirror: canary {state.canary} goes to its steps without a shadow "
+            f"phase; the next update has one"
         )
         state.events.append(Event("Warning", "ShadowSkipped", message))
         return
