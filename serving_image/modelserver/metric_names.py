@@ -51,7 +51,8 @@ INFLIGHT_REQUESTS = "modelserver_inflight_requests"
 FEATURE_DRIFT_PSI = "modelserver_feature_drift_psi"
 DRIFT_ROWS_TOTAL = "modelserver_drift_rows_total"
 # Payload logging (modelserver.payload_log): events by outcome, sent (the sink answered 2xx),
-# failed (any other answer, or none) and dropped (the bounded queue was full).
+# failed (refused for good: another 4xx, an untrusted certificate) and dropped (the bounded
+# queue was full); events the sink could not take yet are sent again, not counted.
 PAYLOAD_LOG_EVENTS_TOTAL = "modelserver_payload_log_events_total"
 # Shadow traffic (modelserver.shadow), exported by the server that mirrors (stable), labelled
 # with the shadow's revision: copies sent, copies dropped (queue full), answers that agreed or

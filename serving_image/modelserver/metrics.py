@@ -83,7 +83,8 @@ class ServerMetrics:
         )  # fmt: skip
         self.payload_log_events = Counter(
             m.PAYLOAD_LOG_EVENTS_TOTAL, "Payload log events by outcome: sent (the sink answered "
-            "2xx), failed (another answer, or none) and dropped (the queue was full).",
+            "2xx), failed (refused for good: another 4xx, or an untrusted certificate) and dropped "
+            "(the queue was full; events the sink could not take yet are sent again).",
             (*model_labels, m.LABEL_OUTCOME), registry=target,
         )  # fmt: skip
         shadow_labels = (*model_labels, m.LABEL_SHADOW)

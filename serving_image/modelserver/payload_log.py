@@ -261,15 +261,33 @@ def read_response(reader: io.BufferedIOBase) -> tuple[int, bool]:
 Count = Callable[[str, int], None]
 """Called with an outcome (sent, failed, dropped) and how many events had it."""
 
+# Answers that say "not now" rather than "not this event": the event is sent again.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What became of a batch: taken by the sink (2xx), refused for good (another answer), or
+    to be sent again (``RETRY_STATUSES``, or no answer because the connection failed). A sink
+    whose certificate does not verify refuses: that is configuration, not an outage."""
+
+    sent: int
+    refused: int
+    again: list[Pending]
+
 
 class PayloadLogger:
     """A bounded queue of events and the thread that sends them.
 
     ``log`` is called on the event loop and never blocks: a full queue drops the events. The
     sender takes up to ``batch_size`` events at a time and writes them in one go on one
-    keep-alive connection (HTTP/1.1 pipelining), then reads the answers in order. After a
-    connection failure it waits before the next attempt (0.1 s, doubling up to 5 s), so a dead
-    sink costs a connect attempt now and then, not a busy loop competing with inference.
+    keep-alive connection (HTTP/1.1 pipelining), then reads the answers in order. An event the
+    sink did not take for sure (no answer, or 429/5xx) goes back to the front of the queue and
+    is sent again after a wait (0.1 s, doubling up to 5 s): a sink that restarts gets what was
+    buffered meanwhile, a dead one costs a connect attempt now and then, not a busy loop
+    competing with inference, and the queue (``queue_size``, plus one batch in flight) bounds
+    the memory. Delivery is at least once: an event whose answer was lost may arrive twice
+    (same ``ce-id`` and ``ce-type``).
     """
 
     def __init__(
@@ -378,20 +396,28 @@ class PayloadLogger:
                 if not self._events:  # checked after clearing, so no append goes unnoticed
                     self._wake.wait(1.0)
                 continue
-            sent = self.send_batch(batch)
-            if sent:
-                self.count(OUTCOME_SENT, sent)
-            if len(batch) - sent:
-                self.count(OUTCOME_FAILED, len(batch) - sent)
+            result = self.send_batch(batch)
+            if result.sent:
+                self.count(OUTCOME_SENT, result.sent)
+            if result.refused:
+                self.count(OUTCOME_FAILED, result.refused)
+            if result.again and self._stopping.is_set():
+                self.count(OUTCOME_FAILED, len(result.again))  # shutting down: one try only
+            elif result.again:
+                # Back to the front, in order: the sink is down or busy, and the queue is the
+                # buffer that rides it out (new events are dropped while it is full).
+                self._events.extendleft(reversed(result.again))
 
-    def send_batch(self, batch: Sequence[Pending]) -> int:
-        """Send events on one connection; returns how many the sink took (answered 2xx).
+    def send_batch(self, batch: Sequence[Pending]) -> Sent:
+        """Send events on one connection; see ``Sent`` for what became of them.
 
         All requests are written first, then the answers read in order. A sink that closes the
-        connection after some answers gets the rest on a new connection; a connection that
-        cannot be made or breaks fails what is left of the batch.
+        connection after some answers gets the rest on a new connection. Events the sink may
+        not have taken — unanswered when a connection could not be made or broke, or answered
+        429 or 5xx — are to be sent again, after a back-off.
         """
-        sent, done = 0, 0
+        sent, refused, done = 0, 0, 0
+        again: list[Pending] = []
         while done < len(batch):
             try:
                 if self._sock is None:
@@ -400,20 +426,31 @@ class PayloadLogger:
                 assert self._reader is not None
                 rest = batch[done:]
                 self._sock.sendall(b"".join(self._encode(e) for e in rest))
-                for _ in rest:
+                for event in rest:
                     status, keep = read_response(self._reader)
                     done += 1
-                    sent += 200 <= status < 300
+                    if 200 <= status < 300:
+                        sent += 1
+                    elif status in RETRY_STATUSES:
+                        again.append(event)
+                    else:
+                        refused += 1
                     if not keep:
                         self._close()
                         break
             except (OSError, ValueError) as exc:
                 self._close()
-                self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
                 log.debug("payload log sink %s: %s", self.sink.authority, exc)
-                return sent
-        self._backoff = 0.0
-        return sent
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    # Not the sink being away: its certificate is not trusted here (the CA
+                    # file). Failed and counted, so the misconfiguration shows.
+                    refused += len(batch) - done
+                    self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
+                    return Sent(sent, refused, again)
+                again += batch[done:]
+                break
+        self._backoff = min(max(self._backoff * 2, 0.1), 5.0) if again else 0.0
+        return Sent(sent, refused, again)
 
     def _encode(self, event: Pending) -> bytes:
         """``encode_request(sink, event_headers(...), body)``, with the attributes that never

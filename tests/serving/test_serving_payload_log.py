@@ -13,6 +13,7 @@ import io
 import json
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from servingkit import Server, metric, v2_body
 class Received:
     headers: dict[str, str]
     body: bytes
+    status: int = 202  # what the sink answered
 
     @property
     def id(self) -> str:
@@ -53,6 +55,8 @@ class Sink:
     lock: threading.Lock = field(default_factory=threading.Lock)
     hold: threading.Event | None = None
     arrived: threading.Event = field(default_factory=threading.Event)
+    unavailable: int = 0  # answer this many posts 503, then 202
+    refuse: bytes | None = None  # answer a post with this body 400
 
     scheme: str = "http"
 
@@ -95,18 +99,23 @@ def serve_sink(state: Sink, tls: ssl.SSLContext | None = None) -> Iterator[Sink]
             with state.lock:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 headers["x-client-port"] = str(self.client_address[1])  # which connection
-                state.events.append(Received(headers, body))
+                status = 202
+                if state.unavailable > 0:
+                    state.unavailable, status = state.unavailable - 1, 503
+                elif state.refuse is not None and body == state.refuse:
+                    status = 400
+                state.events.append(Received(headers, body, status))
             state.arrived.set()
             if state.hold is not None:
                 state.hold.wait(60)
-            self.send_response(202)
+            self.send_response(status)
             self.send_header("content-length", "0")
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)  # 0: any free port
     server.daemon_threads = True
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
@@ -389,10 +398,55 @@ def test_a_dead_sink_fails_and_counts_while_inference_answers_correctly(
         assert status == 200
         assert json.loads(answer)["outputs"][0]["data"] == model.predict(rows).tolist()
     client.close()
-    counts = wait_metrics(server, lambda c: c["failed"] + c["dropped"] == 2 * n)
-    assert counts["sent"] == 0
-    assert counts["failed"] > 0
+    # The queue buffers what fits (16 events, and one batch in flight) and drops the rest; none
+    # is failed: a sink that is down has refused nothing.
+    counts = wait_metrics(server, lambda c: c["dropped"] >= 2 * n - 16 - 64)
+    assert counts["sent"] == 0 and counts["failed"] == 0, counts
     assert server.get("/v2/health/ready").status == 200
+
+
+def test_a_sink_that_comes_back_gets_what_was_buffered_while_it_was_down(
+    start_server: Any, models: Any
+) -> None:
+    """A collector's restart loses nothing that fits in the queue: events go back to the front
+    while the sink refuses connections or answers 503, and are sent once it takes them."""
+    port = free_port()
+    server = start_logging_server(
+        start_server, models, "--payload-log-url", f"http://127.0.0.1:{port}/events"
+    )
+    client = Client(server.port)
+    body = json.dumps(v2_body(models.x[:1].tolist())).encode()
+    for i in range(5):  # nothing listens yet
+        assert client.post("/v2/models/fraud/infer", body, {"x-request-id": f"down-{i}"})[0] == 200
+    time.sleep(1.0)  # a few refused connection attempts
+    busy = Sink(port=port, unavailable=2)  # up, but answering 503 to its first two posts
+    serving = serve_sink(busy)
+    next(serving)
+    try:
+        for i in range(5):
+            status, _ = client.post("/v2/models/fraud/infer", body, {"x-request-id": f"up-{i}"})
+            assert status == 200
+        client.close()
+        counts = wait_metrics(server, lambda c: c["sent"] == 20, timeout=30)
+        assert counts == {"sent": 20, "failed": 0, "dropped": 0}
+        taken = Counter(e.id for e in busy.received() if e.status == 202)
+        assert set(taken) == {f"{w}-{i}" for w in ("down", "up") for i in range(5)}
+        assert all(n == 2 for n in taken.values())  # request and response, each once
+    finally:
+        serving.close()
+
+
+def test_a_sink_refusing_an_event_for_good_fails_it_and_goes_on(sink: Sink) -> None:
+    counted: Counter[str] = Counter()
+    sink.refuse = b'{"bad": true}'
+    logger = pl.PayloadLogger(
+        pl.Sink.parse(sink.url), pl.Identity("fraud", "rev1"),
+        lambda outcome, n: counted.update({outcome: n}),
+    )  # fmt: skip
+    logger.start()
+    logger.log([], b'{"bad": true}', b'{"fine": true}')
+    logger.stop(timeout=20)
+    assert counted == {"sent": 1, "failed": 1}  # the 400 is not sent again
 
 
 def test_a_full_queue_drops_and_counts_and_the_rest_is_sent_later(sink: Sink) -> None:
@@ -562,8 +616,8 @@ def test_a_batch_is_pipelined_on_one_connection_to_a_real_sink(sink: Sink) -> No
         lambda outcome, n: counted.update({outcome: n}), batch_size=64,
     )  # fmt: skip
     batch = [pl.Pending(pl.REQUEST_TYPE, f"id-{i}", 0.0, b'{"i": %d}' % i) for i in range(50)]
-    assert logger.send_batch(batch) == 50
-    assert logger.send_batch(batch[:3]) == 3  # the same connection, kept alive
+    assert logger.send_batch(batch) == pl.Sent(50, 0, [])
+    assert logger.send_batch(batch[:3]) == pl.Sent(3, 0, [])  # the same connection, kept alive
     assert [e.body for e in sink.received()] == [e.body for e in batch] + [
         e.body for e in batch[:3]
     ]
