@@ -521,9 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         sink.stop()
     med: Callable[[list[float]], float] = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     given = list(argv if argv is not None else sys.argv[1:])
-    command = "python bench/serving/run.py " + " ".join(given)
+    # The "Command:" line, markdown: what to type to get these tables again.
+    command = "`python bench/serving/run.py " + " ".join(given) + "`"
     if not [a for a in given if a != "--write-docs"]:
-        command = "make bench-serving` (= `.venv/bin/python bench/serving/run.py --write-docs"
+        command = "`make bench-serving` (= `.venv/bin/python bench/serving/run.py --write-docs`)"
     rest_servers = [s for s in servers if s not in GRPC_SERVERS]
     grpc_servers = [s for s in servers if s in GRPC_SERVERS]
     generated = grpc_generated = ""
@@ -542,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             f"features), one worker per server, median of {args.rounds} rounds of {args.duration:g} s "
             f"(after {args.warmup:g} s warm-up). Errors = socket errors + non-2xx, summed over rounds. "
             "RSS = the server's whole process tree after the load.",
-            "", f"Command: `{command}`", "", table,
+            "", f"Command: {command}", "", table,
             "Throughput of modelserver as a multiple of each peer's, and whether its p99 is at most "
             "the peer's:", "",
             *ratios,
@@ -586,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             f"contents, one worker per server, median of {args.rounds} rounds of "
             f"{args.duration:g} s (after {args.warmup:g} s warm-up). Errors = calls that did "
             "not end OK, summed over rounds. RSS = the server's whole process tree after the load.",
-            "", f"Command: `{command}`", "", table,
+            "", f"Command: {command}", "", table,
             "Throughput of modelserver's gRPC as a multiple of each peer's, and whether its p99 "
             "is at most the peer's:", "",
             *ratio_lines("ours-grpc", peers, keys, concs, cells, LABELS),
