@@ -125,12 +125,16 @@ if [ ! -d "$CACHE/$KEY/kwok-stages" ]; then
   mv "$CACHE/$KEY/kwok-stages.tmp" "$CACHE/$KEY/kwok-stages"
 fi
 
-# Gateway API CRDs (HTTPRoute for the canary router's tests), from the module that ships them.
-GATEWAY_DIR="$CACHE/gateway-api-$GATEWAY_API_VERSION"
+# Gateway API CRDs (HTTPRoute and GRPCRoute for the canary router's tests), from the module that
+# ships them. The directory is named after the set, so adding a kind refreshes a warm cache.
+GATEWAY_KINDS="gatewayclasses gateways httproutes grpcroutes referencegrants"
+GATEWAY_DIR="$CACHE/gateway-api-$GATEWAY_API_VERSION-$(echo "$GATEWAY_KINDS" | sha256sum | cut -c1-8)"
 if [ ! -d "$GATEWAY_DIR" ]; then
   gw_dir=$(go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
   mkdir -p "$GATEWAY_DIR.tmp"
-  cp "$gw_dir"/config/crd/standard/gateway.networking.k8s.io_{gatewayclasses,gateways,httproutes,referencegrants}.yaml "$GATEWAY_DIR.tmp/"
+  for kind in $GATEWAY_KINDS; do
+    cp "$gw_dir/config/crd/standard/gateway.networking.k8s.io_$kind.yaml" "$GATEWAY_DIR.tmp/"
+  done
   chmod -R u+w "$GATEWAY_DIR.tmp"
   mv "$GATEWAY_DIR.tmp" "$GATEWAY_DIR"
 fi

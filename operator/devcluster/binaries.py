@@ -40,7 +40,8 @@ class Binaries:
 
     @property
     def gateway_api_crds(self) -> Path:
-        """The Gateway API's standard CRDs (GatewayClass, Gateway, HTTPRoute, ReferenceGrant)."""
+        """The Gateway API's standard CRDs (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+        ReferenceGrant)."""
         return self.bin_dir.parent / "gateway-api-crds"
 
     def path(self, component: str) -> Path:
