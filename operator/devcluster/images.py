@@ -40,6 +40,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MODELDEPLOY_CACHE", Path.home() / ".cache" / "modeldeploy"))
 IMAGES_DIR = CACHE / "images"
+
+
+def _partial(archive: Path) -> Path:
+    """Where an archive is written before it is renamed into place: per process, so two builds
+    at once (two test workers, say) never rename each other's file away."""
+    return archive.with_suffix(f".{os.getpid()}.partial")
+
+
 SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # What the Dockerfiles expect of their base (as Docker Hub's python:3.11-slim-bookworm has it):
@@ -163,7 +171,7 @@ def ensure_base() -> Path:
             ]
         )
         add_file(rootfs, "./etc/pip.conf", BASE_PIP_CONF)
-        partial = archive.with_suffix(".partial")
+        partial = _partial(archive)
         write_docker_archive(rootfs, partial, BASE_TAG, created_by=f"mmdebstrap {SUITE}")
         partial.rename(archive)
     log(f"base: {archive.name} in {time.monotonic() - t0:.0f} s")
@@ -373,7 +381,7 @@ def build_local(spec: ImageSpec, tag: str | None = None) -> BuiltImage:
     log(f"{spec.name}: building {spec.dockerfile.relative_to(REPO_ROOT)} on {BASE_TAG} ...")
     log_path = IMAGES_DIR / f"{spec.name}-build.log"
     buildah.build(spec, spec.tag, build_args, log_path)
-    partial = image.docker_archive.with_suffix(".partial")
+    partial = _partial(image.docker_archive)
     partial.unlink(missing_ok=True)
     buildah("push", spec.tag, f"docker-archive:{partial}:{spec.tag}")
     buildah("push", spec.tag, f"oci:{image.oci_layout}:{key}")
@@ -405,7 +413,7 @@ def build_derived(spec: ImageSpec, base: BuiltImage) -> BuiltImage:
     log(f"{spec.name}: building {spec.dockerfile.name} on {base.tag} ...")
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     buildah.build(spec, spec.tag, build_args, IMAGES_DIR / f"{spec.name}-build.log")
-    partial = image.docker_archive.with_suffix(".partial")
+    partial = _partial(image.docker_archive)
     partial.unlink(missing_ok=True)
     buildah("push", spec.tag, f"docker-archive:{partial}:{spec.tag}")
     partial.rename(image.docker_archive)
