@@ -325,20 +325,20 @@ def test_gateway_api_weights_follow_the_steps(
     # server with the Gateway API CRDs, so a GAMMA mesh splits in-cluster calls exactly.
     assert {"group": "", "kind": "Service", "name": "fraud"} in route["spec"]["parentRefs"]
 
-    second = body(model_uris["v2"], None, grpc, version="v2")
+    second = body(model_uris["v2"], {**FAST_ROLLOUT, "stepDuration": "3s"}, grpc, version="v2")
     second["spec"]["traffic"] = gateway
     apply(cluster, namespace, second)
     seen: list[tuple[int, ...]] = []
     seen_grpc: list[tuple[int, ...]] = []
     pins: list[str | None] = []
 
-    def weights_of(kind: str) -> tuple[int, ...]:
-        backends = kget(cluster, kind, "fraud", "-n", namespace)["spec"]["rules"][0]["backendRefs"]
-        return tuple(b["weight"] for b in backends)
-
     def promoted() -> bool:
-        for kind, log in (("httproute", seen), ("grpcroute", seen_grpc)):
-            weights = weights_of(kind)
+        # Both routes in one call: each step lasts a few seconds, and every call of the loop
+        # is time in which a step could come and go unseen.
+        routes = kget(cluster, "httproute,grpcroute", "fraud", "-n", namespace)["items"]
+        for route in routes:
+            log = seen if route["kind"] == "HTTPRoute" else seen_grpc
+            weights = tuple(b["weight"] for b in route["spec"]["rules"][0]["backendRefs"])
             if not log or log[-1] != weights:
                 log.append(weights)
         pin = service_selector(cluster, namespace).get("modeldeploy.io/revision")
