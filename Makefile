@@ -42,8 +42,11 @@ fmt: venv ## Format the code and apply safe lint fixes.
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
+# Parallel test workers, each with its own embedded control plane (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
+
 test: venv $(if $(KUBECONFIG),,control-plane) ## Run every test tier (unit, serving, integration on a real control plane).
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## Run the fast tests that need no cluster and no network.

@@ -48,6 +48,42 @@ class ClusterHandle:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
 
+def worker_index() -> int | None:
+    """This process's pytest-xdist worker number (gw0 → 0), None when tests run in one process.
+
+    `make test` runs two workers (`TEST_WORKERS`), each with a control plane of its own: the
+    suite mostly waits (analysis intervals, step durations, pods starting), and two clusters
+    wait side by side in about half the time.
+    """
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else None
+
+
+# Tests that need the real node (one per machine: it owns host network state) or build the
+# images (one buildah store) run on one worker, one after another.
+ONE_WORKER_GROUP = "real-node-and-images"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "real_node" in fixtures or item.path.parent.name == "images":
+            item.add_marker(pytest.mark.xdist_group(ONE_WORKER_GROUP))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A worker's session notes (control plane and node timings) go to the controller's summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["session_notes"] = list(_session_notes)
+
+
+def pytest_testnodedown(node, error) -> None:  # type: ignore[no-untyped-def]
+    worker = node.gateway.id if getattr(node, "gateway", None) else "worker"
+    for note in getattr(node, "workeroutput", {}).get("session_notes", []):
+        _session_notes.append(f"[{worker}] {note}")
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -76,7 +112,7 @@ def cluster() -> Iterator[ClusterHandle]:
 
     binaries = ensure_binaries()
     directory = Path(tempfile.mkdtemp(prefix="modeldeploy-test-cluster-"))
-    local = LocalCluster(directory, binaries, die_with_parent=True)
+    local = LocalCluster(directory, binaries, die_with_parent=True, pod_cidr_slot=worker_index())
     local.start()
     t = local.timings
     _session_notes.append(

@@ -42,14 +42,19 @@ KWOK_STOCK_STAGES = (
 )
 
 
-def pod_cidr() -> str:
+def pod_cidr(slot: int | None = None) -> str:
     """A random /20 (4094 pod IPs) inside 127.64.0.0/10, different for each cluster.
 
     Pod IPs come from the loopback range: nothing ever dials a non-loopback address from this
     machine, and a test may start a real server on a pod's IP to stand in for that pod. Random,
     so two clusters on one machine (a test run beside a benchmark) do not hand out the same IPs.
+    ``slot`` (0-31) picks a range of its own instead, 127.(64+2·slot).x, for clusters started
+    side by side on purpose (parallel test workers): no two slots share an IP, and neither
+    overlaps the random picks of the odd second octets.
     """
-    return f"127.{random.randint(64, 127)}.{random.randint(0, 15) * 16}.0/20"
+    if slot is not None:
+        return f"127.{64 + 2 * (slot % 32)}.{random.randint(0, 15) * 16}.0/20"
+    return f"127.{random.randrange(65, 128, 2)}.{random.randint(0, 15) * 16}.0/20"
 
 
 # Every request (reads and writes) is recorded with its verb, URI and user agent in
@@ -148,14 +153,21 @@ class LocalCluster:
     turns it off so the cluster outlives the command that started it.
     """
 
-    def __init__(self, directory: Path, binaries: Binaries, *, die_with_parent: bool = True):
+    def __init__(
+        self,
+        directory: Path,
+        binaries: Binaries,
+        *,
+        die_with_parent: bool = True,
+        pod_cidr_slot: int | None = None,
+    ):
         self.directory = directory.resolve()
         self.binaries = binaries
         self.die_with_parent = die_with_parent
         self.kubeconfig = self.directory / "kubeconfig"
         self.audit_log = self.directory / "audit.log"
         self.ports = Ports()
-        self.pod_cidr = pod_cidr()
+        self.pod_cidr = pod_cidr(pod_cidr_slot)
         self.processes: list[ManagedProcess] = []
         self.timings: dict[str, float] = {}
         self._pki: PkiPaths | None = None
