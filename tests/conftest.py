@@ -65,10 +65,16 @@ ONE_WORKER_GROUP = "real-node-and-images"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each file's tests run on one worker (`--dist loadgroup`), so a module fixture — an
+    installed venv, a cached build, a set of objects every test reads — is made once; the
+    real-node and image files share one group."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "real_node" in fixtures or item.path.parent.name == "images":
-            item.add_marker(pytest.mark.xdist_group(ONE_WORKER_GROUP))
+            group = ONE_WORKER_GROUP
+        else:
+            group = str(item.path.relative_to(REPO_ROOT))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
