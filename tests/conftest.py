@@ -84,6 +84,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput["session_notes"] = list(_session_notes)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, never called
 def pytest_testnodedown(node, error) -> None:  # type: ignore[no-untyped-def]
     worker = node.gateway.id if getattr(node, "gateway", None) else "worker"
     for note in getattr(node, "workeroutput", {}).get("session_notes", []):
