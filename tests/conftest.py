@@ -64,6 +64,8 @@ def worker_index() -> int | None:
 ONE_WORKER_GROUP = "real-node-and-images"
 
 
+# tryfirst: xdist reads the groups in its own collection hook, which would otherwise run first.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each file's tests run on one worker (`--dist loadgroup`), so a module fixture — an
     installed venv, a cached build, a set of objects every test reads — is made once; the
