@@ -46,7 +46,7 @@ fmt: venv ## Format the code and apply safe lint fixes.
 TEST_WORKERS ?= 2
 
 test: venv $(if $(KUBECONFIG),,control-plane) ## Run every test tier (unit, serving, integration on a real control plane).
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: venv ## Run the fast tests that need no cluster and no network.

@@ -60,23 +60,48 @@ def worker_index() -> int | None:
 
 
 # Tests that need the real node (one per machine: it owns host network state) or build the
-# images (one buildah store) run on one worker, one after another.
+# images (one buildah store) run on one worker, one after another; every other file's tests run
+# on one worker, so a module fixture (an installed venv, a set of objects every test reads) is
+# made once. By path, because the scheduler sees only node ids.
 ONE_WORKER_GROUP = "real-node-and-images"
+ONE_WORKER_FILES = ("tests/images/", "tests/integration/test_real_node")
 
 
-# tryfirst: xdist reads the groups in its own collection hook, which would otherwise run first.
-@pytest.hookimpl(tryfirst=True)
+def scheduling_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its file, or the real-node-and-images group."""
+    path = nodeid.split("::", 1)[0]
+    return ONE_WORKER_GROUP if path.startswith(ONE_WORKER_FILES) else path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each file's tests run on one worker (`--dist loadgroup`), so a module fixture — an
-    installed venv, a cached build, a set of objects every test reads — is made once; the
-    real-node and image files share one group."""
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "real_node" in fixtures or item.path.parent.name == "images":
-            group = ONE_WORKER_GROUP
-        else:
-            group = str(item.path.relative_to(REPO_ROOT))
-        item.add_marker(pytest.mark.xdist_group(group))
+    """A new file that starts the real node must join the group, or two workers would each
+    start one: say so at collection rather than break the host's network state."""
+    strays = sorted(
+        {
+            item.nodeid.split("::", 1)[0]
+            for item in items
+            if "real_node" in getattr(item, "fixturenames", ())
+            and scheduling_unit(item.nodeid) != ONE_WORKER_GROUP
+        }
+    )
+    if strays:
+        raise pytest.UsageError(
+            f"{', '.join(strays)} use the real_node fixture: add them to ONE_WORKER_FILES "
+            "in tests/conftest.py"
+        )
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, never called
+def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
+    """xdist's load-by-scope scheduler with `scheduling_unit` as the scope (its own loadgroup
+    reads marks through a node id rewrite that pytest 9.2 no longer honours)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFileAndNode(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scheduling_unit(nodeid)
+
+    return ByFileAndNode(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
