@@ -97,6 +97,10 @@ def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
     reads marks through a node id rewrite that pytest 9.2 no longer honours)."""
     from xdist.scheduler import LoadScopeScheduling
 
+    # Units in collection order, not biggest first: the slow ones (the real node, then the
+    # integration files) start first and the many quick unit files fill the gaps at the end.
+    config.option.loadscopereorder = False
+
     class ByFileAndNode(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return scheduling_unit(nodeid)
