@@ -278,6 +278,16 @@ class ChildCache:
     def children(self, kind: str, namespace: str, owner: str) -> list[dict[str, Any]]:
         return self.stores[kind].owned_by(namespace, owner)
 
+    def versions(self, namespace: str, owner: str) -> tuple[tuple[str, str, str], ...]:
+        """(kind, name, resourceVersion) of each child of `owner`: changes whenever one does."""
+        return tuple(
+            sorted(
+                (kind, child["metadata"]["name"], str(child["metadata"].get("resourceVersion")))
+                for kind, store in self.stores.items()
+                for child in store.owned_by(namespace, owner)
+            )
+        )
+
     def remember(self, obj: dict[str, Any]) -> None:
         """Write-through: the object the API server returned for our own write."""
         store = self.stores.get(obj.get("kind", ""))

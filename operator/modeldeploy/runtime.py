@@ -12,7 +12,8 @@ Threads:
 Ownership:
 - one pass per ModelDeployment at a time: the work queue never hands a key to two workers;
 - `models`, `children`, `queue`, `snapshots`, `slots` each carry their own lock;
-- `_phases` and `_failures` are read and written only under `_guard`, never iterated outside it;
+- `_phases`, `_failures` and `_settled` are read and written only under `_guard`, never iterated
+  outside it;
 - prometheus_client metrics are thread-safe.
 
 `forget(key)` drops everything held for a ModelDeployment once it is deleted, so a deleted
@@ -25,7 +26,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from .api import GROUP, KIND, VERSION, Phase
@@ -72,6 +73,8 @@ class Runtime:
     activity: dict[str, tuple[float, str]] = field(default_factory=dict)
     _phases: dict[Key, str] = field(default_factory=dict)
     _failures: dict[Key, int] = field(default_factory=dict)
+    # What each settled ModelDeployment's last pass planned from (see workers.settled).
+    _settled: dict[Key, Hashable] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -119,6 +122,19 @@ class Runtime:
         with self._guard:
             return self._failures.get(key, 0)
 
+    def settle(self, key: Key, inputs: Hashable | None) -> None:
+        """Remember that a pass from `inputs` found `key` settled (None: it did not)."""
+        with self._guard:
+            if inputs is None:
+                self._settled.pop(key, None)
+            else:
+                self._settled[key] = inputs
+
+    def settled_on(self, key: Key, inputs: Hashable) -> bool:
+        """Whether `key`'s last pass found it settled, planning from these same inputs."""
+        with self._guard:
+            return self._settled.get(key) == inputs
+
     def forget(self, key: Key) -> None:
         """Drop all state of a deleted ModelDeployment: queue entries, back-off, phase, gauges,
         metric snapshots and its rollout slot."""
@@ -126,6 +142,7 @@ class Runtime:
         self.models.delete(*key)
         with self._guard:
             self._failures.pop(key, None)
+            self._settled.pop(key, None)
         self.record_phase(key, None)
         with contextlib.suppress(KeyError):  # it may never have had a canary gauge
             self.metrics.canary_weight.remove(*key)

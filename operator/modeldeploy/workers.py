@@ -14,10 +14,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Hashable
 
 from kubernetes.client.exceptions import ApiException
 
-from .api import API_VERSION, KIND
+from .api import API_VERSION, KIND, Phase
 from .reconcile import PassContext, PassResult, StaleRead, reconcile
 from .runtime import Key, Runtime
 from .workqueue import SWEEP, ShutDown
@@ -80,6 +81,38 @@ def run_pass(runtime: Runtime, key: Key) -> PassResult | None:
     return result
 
 
+def pass_inputs(runtime: Runtime, key: Key) -> Hashable | None:
+    """What a pass of `key` would plan from, the clock aside: the object's and its children's
+    resourceVersions, and the operator's credential. None when the object is not cached."""
+    body = runtime.models.get(*key)
+    if body is None:
+        return None
+    version = body["metadata"].get("resourceVersion")
+    return version, runtime.children.versions(*key), runtime.tokens
+
+
+def settled(result: PassResult) -> bool:
+    """Whether the pass found nothing to do and nothing pending: the stable revision serves, no
+    canary, no promoted revision under watch, no queued rollout, nothing stalled, no timer.
+
+    The plan depends on the clock only while something is pending, so a pass from the same
+    inputs would plan the same nothing: the sweep may skip it (at 1,000 objects and a 30 s
+    resync, that is 33 passes a second of pure CPU for no change).
+    """
+    plan = result.plan
+    conditions = {c["type"]: c["status"] for c in plan.status.get("conditions", [])}
+    return (
+        not plan.writes
+        and not result.status_written
+        and not plan.events
+        and plan.requeue_after is None
+        and plan.status.get("phase") == Phase.READY.value
+        and not plan.status.get("canaryRevision")
+        and conditions.get("Reconciling") == "False"
+        and conditions.get("Stalled") == "False"
+    )
+
+
 def refresh(runtime: Runtime, key: Key) -> None:
     """After a 409, put the object as the API server holds it now into the cache: one read, so
     the retry plans from fresh state even when the watch event that carries it is still on its
@@ -133,15 +166,22 @@ def work(runtime: Runtime, name: str) -> None:
             queue.add_after(key, CACHE_WAIT_SECONDS)
             queue.done(key)
             continue
+        inputs = pass_inputs(runtime, key)
+        if inputs is not None and runtime.settled_on(key, inputs):
+            runtime.metrics.reconciles.labels(trigger="queue", result="settled").inc()
+            queue.done(key)
+            continue
         runtime.beat(name, f"pass of {key[0]}/{key[1]}")
         try:
             result = run_pass(runtime, key)
         except StaleRead:
+            runtime.settle(key, None)
             runtime.metrics.reconciles.labels(trigger="queue", result="stale").inc()
             log.info("%s/%s changed since its pass read it (409): re-read, run again", *key)
             refresh(runtime, key)
             queue.add_after(key, STALE_RETRY_SECONDS)
         except Exception as error:
+            runtime.settle(key, None)
             runtime.metrics.reconciles.labels(trigger="queue", result="error").inc()
             delay = runtime.failed(key)
             log.warning(
@@ -151,6 +191,7 @@ def work(runtime: Runtime, name: str) -> None:
             queue.add_after(key, delay)
         else:
             runtime.metrics.reconciles.labels(trigger="queue", result="ok").inc()
+            runtime.settle(key, inputs if result is not None and settled(result) else None)
             if result is not None and result.plan.requeue_after is not None:
                 queue.add_after(key, result.plan.requeue_after)
         finally:

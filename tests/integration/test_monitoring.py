@@ -409,3 +409,15 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
     except TimeoutError as error:
         raise AssertionError(health) from error
     wait_until(rollback_alert_firing, 30, "the rollback alert firing")
+
+    # The operator's own alerts stay silent while it works: each expression, evaluated on what
+    # the real operator exports, returns nothing. (One written against a series the operator
+    # never exports, e.g. a label value it does not use, would fire for ever.)
+    for alert in ("ModelDeployOperatorDown", "ModelDeployOperatorNotReconciling"):
+        assert prometheus.query(rule_expr(alert)) == [], f"{alert} fires on a working operator"
+
+
+def rule_expr(alert: str) -> str:
+    rules = yaml.safe_load(RULES.read_text())
+    [expr] = [r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert]
+    return str(expr)
