@@ -293,9 +293,9 @@ def main() -> None:
         apply_all(cluster, extra)
         crd = REPO / "crds" / "modeldeploy.io_modeldeployments.yaml"
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io"
-        )
+        established = ("wait", "--for=condition=Established", "crd/modeldeployments.modeldeploy.io")
+        # `kubectl wait` fails outright while the new CRD has no conditions yet: ask again.
+        wait_until(lambda: cluster.kubectl(*established, check=False).returncode == 0, 60, "CRD")
         for namespace in (FLEET, BASELINE, PROBE):
             cluster.kubectl("create", "namespace", namespace)
 
