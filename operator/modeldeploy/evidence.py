@@ -1,7 +1,8 @@
 """Gather the evidence a canary is judged on: pod signals, serving metrics, model gates.
 
 This is I/O (HTTP to pods or to Prometheus); the verdicts are pure functions in `judge`. What to
-gather is decided from status alone, so a restarted operator asks for the same evidence.
+gather follows the pass's phase (`pass_phase`), which is decided from status alone, so a
+restarted operator asks for the same evidence.
 
 Each revision is addressed as it runs: the port and model name come from its own pods (their
 container port and MODELSERVER_MODEL_NAME), never from the current spec, so an update that
@@ -55,17 +56,8 @@ from .judge import (
 )
 from .naming import OWNER
 from .observed import Observed, pod_ready, ready_since
-from .rollout import (
-    Evidence,
-    Hold,
-    analysis_due,
-    gates_passed,
-    in_rollback_window,
-    in_shadow_phase,
-    is_rejected,
-    needed_gates,
-    previous_revision,
-)
+from .pass_phase import CanaryStage, PassPhase, needed_gates
+from .rollout import Evidence, Hold
 
 log = logging.getLogger("modeldeploy.evidence")
 HTTP_TIMEOUT = 3.0
@@ -571,88 +563,109 @@ def has_ready_pod(observed: Observed, revision: str | None) -> bool:
 def gather(
     md: ModelDeployment,
     observed: Observed,
-    desired: str,
+    phase: PassPhase,
     now: dt.datetime,
     snapshots: Snapshots,
     smoke: SmokeInputs | None = None,
     tokens: tuple[str, ...] = (),
 ) -> Evidence:
-    """The evidence this pass needs, given what status says is going on."""
+    """The evidence `phase` needs: about the canary status names, at its stage; else, while a
+    promoted revision is watched in its rollback window, about that one; else none."""
     forget_gone_pods(snapshots, observed)
-    status = md.status
-    stable = status.stable_revision
-    canary = status.canary_revision
-    analysis = md.spec.rollout.analysis
+    stable = phase.stable
     if stable is None:
         return Evidence()
-    if canary is not None and canary == desired and not is_rejected(md, desired):
-        deployment = observed.deployment_for(canary)
-        created = _created(deployment) or now
-        canary_pods = observed.pods_of(canary)
-        fallback_ready = has_ready_pod(observed, stable)
-        stable_mirrors = servers_take_operator_token(observed, stable)
-        pods = judge_pods(
-            canary_pods, created, now, md.spec.rollout.progress_deadline, analysis.max_restarts
-        )
-        gates, hold = None, None
-        if not gates_passed(md) and pods.outcome == CheckOutcome.PASSED:
-            smoke = smoke or SmokeInputs()
-            hold = smoke.problem
-            if hold is None:
-                stable_pods = observed.pods_of(stable) if fallback_ready else None
-                gates, hold = run_gates(md, canary_pods, stable_pods, smoke.requests, tokens, now)
-            if hold is None and gates is not None and _deadline_passed(md, created, now):
-                gates = [_timed_out(g) for g in gates]
-        metrics = None
-        shadow = md.spec.rollout.shadow
-        due = gates_passed(md) and analysis_due(md, now) and pods.outcome != CheckOutcome.FAILED
-        if shadow is not None and not _phase_started(md):
-            due = False  # the shadow phase waits for the canary's pods; nothing to judge yet
-        if due and shadow is not None and in_shadow_phase(md):
-            if shadow.mirror == ShadowMirror.GATEWAY:
-                ours = read_metrics(md, observed, canary, snapshots, tokens, now)
-                hold = ours.problem if ours.metrics is None else None
-                metrics = None if hold else judge_shadow_alone(analysis, ours.metrics)
-                return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
-            counts = scrape_shadow(md, observed, stable, canary, snapshots, tokens)
-            metrics = judge_shadow(analysis, shadow, counts)
-            # Keep the canary's own window current, so its first live interval does not count
-            # the copies it answered here.
-            read_metrics(md, observed, canary, snapshots, tokens, now)
-        elif due:
-            ours = read_metrics(md, observed, canary, snapshots, tokens, now)
-            if ours.metrics is None and ours.problem is not None:
-                hold = ours.problem
-            else:
-                theirs = read_metrics(md, observed, stable, snapshots, tokens, now)
-                metrics = judge_metrics(analysis, ours.metrics, theirs.metrics)
-        return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
-    if in_rollback_window(md, stable, now):
-        previous = previous_revision(md, stable, set(observed.revisions()))
-        signals = judge_pods(
-            observed.pods_of(stable), None, now, md.spec.rollout.progress_deadline,
-            analysis.max_restarts,
-        )  # fmt: skip
-        failing = signals if signals.outcome == CheckOutcome.FAILED else None
-        metrics = None
-        if analysis_due(md, now):
-            baseline = (
-                read_metrics(md, observed, previous, snapshots, tokens, now) if previous else None
-            )
-            metrics = judge_metrics(
-                analysis,
-                read_metrics(md, observed, stable, snapshots, tokens, now).metrics,
-                baseline.metrics if baseline else None,
-            )
-        return Evidence(
-            pods=failing, metrics=metrics, fallback_ready=has_ready_pod(observed, previous)
-        )
+    if phase.canary is not None:
+        return _canary_evidence(md, observed, phase, stable, now, snapshots, smoke, tokens)
+    if phase.watched is not None:
+        return _window_evidence(md, observed, phase, phase.watched, now, snapshots, tokens)
     return Evidence()
 
 
-def _phase_started(md: ModelDeployment) -> bool:
-    analysis = md.status.analysis
-    return analysis is not None and bool(analysis.shadow_started_at or analysis.traffic_started_at)
+def _canary_evidence(
+    md: ModelDeployment,
+    observed: Observed,
+    phase: PassPhase,
+    stable: str,
+    now: dt.datetime,
+    snapshots: Snapshots,
+    smoke: SmokeInputs | None,
+    tokens: tuple[str, ...],
+) -> Evidence:
+    """Pod signals always; the model gates until they pass; metrics once due after them (the
+    shadow phase's comparisons while it lasts)."""
+    canary, stage, analysis = phase.desired, phase.canary, md.spec.rollout.analysis
+    deployment = observed.deployment_for(canary)
+    created = _created(deployment) or now
+    canary_pods = observed.pods_of(canary)
+    fallback_ready = has_ready_pod(observed, stable)
+    stable_mirrors = servers_take_operator_token(observed, stable)
+    pods = judge_pods(
+        canary_pods, created, now, md.spec.rollout.progress_deadline, analysis.max_restarts
+    )
+    gates, hold = None, None
+    if stage is CanaryStage.GATES and pods.outcome == CheckOutcome.PASSED:
+        smoke = smoke or SmokeInputs()
+        hold = smoke.problem
+        if hold is None:
+            stable_pods = observed.pods_of(stable) if fallback_ready else None
+            gates, hold = run_gates(md, canary_pods, stable_pods, smoke.requests, tokens, now)
+        if hold is None and gates is not None and _deadline_passed(md, created, now):
+            gates = [_timed_out(g) for g in gates]
+    metrics = None
+    # Until the gates passed, and before the shadow phase starts, there is nothing to judge yet.
+    judged = stage in (CanaryStage.SHADOW, CanaryStage.TRAFFIC)
+    due = judged and phase.analysis_due and pods.outcome != CheckOutcome.FAILED
+    shadow = md.spec.rollout.shadow
+    if due and shadow is not None and stage is CanaryStage.SHADOW:
+        if shadow.mirror == ShadowMirror.GATEWAY:
+            ours = read_metrics(md, observed, canary, snapshots, tokens, now)
+            hold = ours.problem if ours.metrics is None else None
+            metrics = None if hold else judge_shadow_alone(analysis, ours.metrics)
+            return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
+        counts = scrape_shadow(md, observed, stable, canary, snapshots, tokens)
+        metrics = judge_shadow(analysis, shadow, counts)
+        # Keep the canary's own window current, so its first live interval does not count
+        # the copies it answered here.
+        read_metrics(md, observed, canary, snapshots, tokens, now)
+    elif due:
+        ours = read_metrics(md, observed, canary, snapshots, tokens, now)
+        if ours.metrics is None and ours.problem is not None:
+            hold = ours.problem
+        else:
+            theirs = read_metrics(md, observed, stable, snapshots, tokens, now)
+            metrics = judge_metrics(analysis, ours.metrics, theirs.metrics)
+    return Evidence(pods, metrics, gates, hold, fallback_ready, stable_mirrors)
+
+
+def _window_evidence(
+    md: ModelDeployment,
+    observed: Observed,
+    phase: PassPhase,
+    promoted: str,
+    now: dt.datetime,
+    snapshots: Snapshots,
+    tokens: tuple[str, ...],
+) -> Evidence:
+    """A promoted revision in its rollback window: its failing pod signals, and its metrics once
+    due, against those of the previous revision kept warm."""
+    analysis, previous = md.spec.rollout.analysis, phase.previous
+    signals = judge_pods(
+        observed.pods_of(promoted), None, now, md.spec.rollout.progress_deadline,
+        analysis.max_restarts,
+    )  # fmt: skip
+    failing = signals if signals.outcome == CheckOutcome.FAILED else None
+    metrics = None
+    if phase.analysis_due:
+        baseline = (
+            read_metrics(md, observed, previous, snapshots, tokens, now) if previous else None
+        )
+        metrics = judge_metrics(
+            analysis,
+            read_metrics(md, observed, promoted, snapshots, tokens, now).metrics,
+            baseline.metrics if baseline else None,
+        )
+    return Evidence(pods=failing, metrics=metrics, fallback_ready=has_ready_pod(observed, previous))
 
 
 def forget_gone_pods(snapshots: Snapshots, observed: Observed) -> None:

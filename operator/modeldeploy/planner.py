@@ -1,5 +1,6 @@
-"""The pure core: from (ModelDeployment, observed children, evidence, now) to a plan of writes and
-a status. Nothing here talks to the cluster or reads a clock; `reconcile` executes the plan.
+"""The pure core: from (ModelDeployment, observed children, the pass's phase, evidence, now) to a
+plan of writes and a status. Nothing here talks to the cluster or reads a clock; `reconcile`
+executes the plan.
 
 Each pass is level-based: it looks only at the spec, the status it wrote last time and what
 exists now, so a restarted operator continues where the last one stopped, without a traffic jump.
@@ -26,17 +27,10 @@ from .observed import (
     rolled_out,
     total_replicas,
 )
+from .pass_phase import PassPhase
 from .planner_types import ChildRef, Event
-from .revision import SPEC_DIGEST, revision_of, spec_digest
-from .rollout import (
-    Admission,
-    Evidence,
-    RolloutState,
-    next_state,
-    parse_time,
-    shadowing,
-    stamp,
-)
+from .revision import SPEC_DIGEST, spec_digest
+from .rollout import Evidence, RolloutState, next_state, parse_time, shadowing, stamp
 from .traffic import (
     build_grpc_route,
     build_http_route,
@@ -216,18 +210,15 @@ def plan(
     observed: Observed,
     now: dt.datetime,
     config: OperatorConfig,
+    phase: PassPhase,
     evidence: Evidence | None = None,
-    admission: Admission | None = None,
 ) -> Plan:
-    """One reconcile pass."""
+    """One reconcile pass, from where the rollout stands (`phase`) and what was gathered."""
     image = resolve_image(md, config)
-    desired = revision_of(md, image, config.operator_token_sha256)
+    desired = phase.desired
     canary_deployment = observed.deployment_for(desired)
     created = parse_time((canary_deployment or {}).get("metadata", {}).get("creationTimestamp"))
-    state = next_state(
-        md, desired, set(observed.revisions()), evidence or Evidence(), now, created or now,
-        admission or Admission(),
-    )  # fmt: skip
+    state = next_state(md, phase, evidence or Evidence(), now, created or now)
     objects, delete, stable_size = plan_children(
         md, observed, state, desired, image, config.operator_token_sha256
     )

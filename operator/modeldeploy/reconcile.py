@@ -1,7 +1,10 @@
 """One reconcile pass: read the children, ask the planner, write only what differs.
 
-This is the imperative shell around the pure planner; kopf handlers call `reconcile` and nothing
-else. Status is written once per pass, and only when it changed.
+This is the imperative shell around the pure core; kopf handlers call `reconcile` and nothing
+else. A pass goes one way, each step once: read (the cache) → where the rollout stands
+(`pass_phase.phase_of`, pure) → the evidence that phase needs (`evidence.gather`, I/O) → the next
+state and the plan (`planner.plan`, pure) → apply → status. Status is written once per pass, and
+only when it changed.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from .informer import ChildCache
 from .kube import Kube
 from .naming import owned_selector
 from .observed import Observed
+from .pass_phase import OPERATOR_CAUSE, SPEC_CAUSE, Admission, CanaryStage, phase_of
 from .planner import Event, Plan, plan, timestamp
 from .revision import revision_of, rollout_cause
-from .rollout import OPERATOR_CAUSE, SPEC_CAUSE, Admission, Hold, gates_passed
+from .rollout import Hold
 
 log = logging.getLogger("modeldeploy.reconcile")
 
@@ -291,11 +295,12 @@ def reconcile(
     else:
         observed = read_observed(kube, namespace, name)
     desired = revision_of(md, resolve_image(md, config), config.operator_token_sha256)
-    gating = md.status.canary_revision == desired and not gates_passed(md)
-    inputs = smoke_inputs(kube, md) if gating else SmokeInputs()
-    evidence = gather(md, observed, desired, now, context.snapshots, inputs, context.tokens)
     admission = admit(md, observed, desired, context.slots)
-    result = plan(md, observed, now, config, evidence, admission)
+    phase = phase_of(md, desired, observed.revisions(), now, admission)
+    gating = phase.canary is CanaryStage.GATES
+    inputs = smoke_inputs(kube, md) if gating else SmokeInputs()
+    evidence = gather(md, observed, phase, now, context.snapshots, inputs, context.tokens)
+    result = plan(md, observed, now, config, phase, evidence)
     if context.slots is not None and result.status.get("canaryCause") != OPERATOR_CAUSE:
         context.slots.release((namespace, name))
     missing_kinds = []

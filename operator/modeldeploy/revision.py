@@ -21,7 +21,7 @@ from typing import Any
 from .api import ModelDeployment, ModelDeploymentSpec
 from .children import build_pod_template
 from .observed import Observed
-from .rollout import OPERATOR_CAUSE, SPEC_CAUSE
+from .pass_phase import OPERATOR_CAUSE, SPEC_CAUSE
 
 REVISION_LENGTH = 10
 SPEC_DIGEST = "modeldeploy.io/spec-digest"

@@ -1,12 +1,14 @@
 """The canary state machine: which revision is stable, which is the canary, at what weight, and
-when to advance, promote or roll back. Pure: status so far + evidence + now → the next state.
+when to advance, promote or roll back. Pure: status so far + where the rollout stands
+(`pass_phase.PassPhase`, decided once per pass) + evidence + now → the next state.
 
 Vocabulary (as in status):
 - stable: the revision that serves by default. canary: the revision being rolled out.
 - step: index into spec.rollout.steps; its weight is the canary's desired traffic percent.
 - previous: the old stable after a promotion, kept warm (no traffic) for rollbackWindow.
 
-The rules, in order, for a pass where the desired revision R differs from stable S:
+The rules, in order, for a pass where the desired revision R differs from stable S (rules 1
+and 2 are `PhaseKind`s, worked out by `pass_phase.phase_of`):
 1. R was rolled back before and neither R nor rollout.retry changed since: stay on S.
 2. R is not the canary yet: start it at step 0 (a newer revision mid-canary replaces the canary
    and restarts its analysis; unvalidated pods are never promoted).
@@ -38,6 +40,7 @@ from .api import (
 )
 from .api.status import MAX_HISTORY, MAX_REJECTED
 from .judge import Check
+from .pass_phase import PassPhase, PhaseKind, needed_gates, promoted_at
 from .planner_types import Event
 
 GATE_CHECKS = ("modelMetadata", "smokeTests")
@@ -72,19 +75,6 @@ class Evidence:
     hold: Hold | None = None
     fallback_ready: bool = True
     stable_mirrors: bool = True
-
-
-SPEC_CAUSE, OPERATOR_CAUSE = "Spec", "Operator"
-
-
-@dataclass(frozen=True)
-class Admission:
-    """Whether a new canary may start now. `cause`: Spec when the user changed model or serving,
-    Operator when only the operator's rendering changed (default image, template, credential).
-    `waiting`: set when an Operator-caused rollout must wait for a fleet-wide slot (why)."""
-
-    cause: str = SPEC_CAUSE
-    waiting: str | None = None
 
 
 @dataclass
@@ -151,67 +141,14 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def is_rejected(md: ModelDeployment, revision: str) -> bool:
-    """Rejected under the current retry token: changing spec.rollout.retry retries it."""
-    return any(
-        r.revision == revision and r.retry_token == retry_token(md)
-        for r in md.status.rejected_revisions
-    )
-
-
-def analysis_due(md: ModelDeployment, now: dt.datetime) -> bool:
-    """Metrics are read once per spec.rollout.analysis.interval."""
-    analysis = md.status.analysis
-    last = analysis.last_run_at if analysis else None
-    interval = parse_duration(md.spec.rollout.analysis.interval)
-    return last is None or (now - last).total_seconds() >= interval
-
-
-def gates_passed(md: ModelDeployment) -> bool:
-    analysis = md.status.analysis
-    needed = set(needed_gates(md))
-    passed = {
-        c.name for c in (analysis.checks if analysis else []) if c.outcome == CheckOutcome.PASSED
-    }
-    return needed <= passed
-
-
-def in_shadow_phase(md: ModelDeployment) -> bool:
-    """Whether status says the canary is shadowing stable: its shadow phase started and it has
-    had no live traffic yet."""
-    analysis = md.status.analysis
-    return (
-        md.spec.rollout.shadow is not None
-        and md.status.canary_revision is not None
-        and analysis is not None
-        and analysis.shadow_started_at is not None
-        and analysis.traffic_started_at is None
-    )
-
-
 def shadowing(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
-    """The same, on the analysis being decided this pass."""
+    """Whether the analysis being decided this pass has the canary shadowing stable: its shadow
+    phase started and it has had no live traffic yet."""
     return (
         md.spec.rollout.shadow is not None
         and bool(analysis.get("shadowStartedAt"))
         and not analysis.get("trafficStartedAt")
     )
-
-
-def needed_gates(md: ModelDeployment) -> list[str]:
-    gates = []
-    if md.spec.rollout.analysis.compare_metadata:
-        gates.append("modelMetadata")
-    if md.spec.rollout.analysis.smoke_tests is not None:
-        gates.append("smokeTests")
-    return gates
-
-
-def promoted_at(md: ModelDeployment, revision: str) -> dt.datetime | None:
-    for entry in md.status.history:
-        if entry.revision == revision and entry.outcome == RolloutOutcome.PROMOTED:
-            return entry.finished_at
-    return None
 
 
 def _history(state: RolloutState, entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,36 +158,31 @@ def _history(state: RolloutState, entry: dict[str, Any]) -> list[dict[str, Any]]
 
 def next_state(
     md: ModelDeployment,
-    desired: str,
-    existing: set[str],
+    phase: PassPhase,
     evidence: Evidence,
     now: dt.datetime,
     canary_created: dt.datetime | None = None,
-    admission: Admission | None = None,
 ) -> RolloutState:
-    """Decide the rollout state for this pass.
+    """Decide the rollout state for this pass, from where it stands (`phase`) and what was
+    gathered about it (`evidence`).
 
-    `existing`: revisions that have a Deployment; `canary_created`: when the canary's Deployment
-    was created (the start of its rollout, for progressDeadline and time to detect);
-    `admission`: whether a canary may start now (see `Admission`).
+    `canary_created`: when the canary's Deployment was created (the start of its rollout, for
+    progressDeadline and time to detect).
     """
-    state = _decide(md, desired, existing, evidence, now, canary_created, admission)
+    state = _decide(md, phase, evidence, now, canary_created)
     _ignore(state, md)
     return state
 
 
 def _decide(
     md: ModelDeployment,
-    desired: str,
-    existing: set[str],
+    phase: PassPhase,
     evidence: Evidence,
     now: dt.datetime,
-    canary_created: dt.datetime | None = None,
-    admission: Admission | None = None,
+    canary_created: dt.datetime | None,
 ) -> RolloutState:
-    admission = admission or Admission()
     status = md.status
-    version = md.spec.model.version
+    desired, version = phase.desired, md.spec.model.version
     state = RolloutState(
         stable=status.stable_revision or desired,
         canary=status.canary_revision,
@@ -271,50 +203,50 @@ def _decide(
         state.events.append(
             Event("Normal", "RetryRequested", "rejected revisions may be tried again")
         )
-    # Nothing to roll back to: the first revision (or one whose stable Deployment is gone) goes
-    # straight in; a failure there is reported as Degraded by the planner. So does any revision
-    # of a model scaled to zero on purpose: there are no users to protect and no pod to judge.
-    no_pods_wanted = not md.spec.scaling.autoscaling and md.spec.scaling.fixed_replicas() == 0
-    if status.stable_revision is None or status.stable_revision not in existing or no_pods_wanted:
-        state.stable, state.stable_version, state.canary = desired, version, None
-        return _with_previous(md, state, existing, now)
-
-    if desired == state.stable:
-        if state.canary is not None:  # the spec went back to stable mid-canary
-            _supersede(md, state, now, "spec returned to the stable revision")
+    match phase.kind:
+        case PhaseKind.FIRST_DEPLOY:
+            # A failure here is reported as Degraded by the planner; a model scaled to zero on
+            # purpose has no users to protect and no pod to judge.
+            state.stable, state.stable_version, state.canary = desired, version, None
+            state.previous = phase.previous
+            return state
+        case PhaseKind.STABLE:
+            if state.canary is not None:  # the spec went back to stable mid-canary
+                _supersede(md, state, now, "spec returned to the stable revision")
+                state.events.append(
+                    Event("Normal", "CanaryAborted", f"spec returned to stable {state.stable}")
+                )
+                state.canary, state.analysis = None, None
+            state.stable_version = state.stable_version or version
+            state.previous = phase.previous
+            return _watch_window(md, state, evidence, now)
+        case PhaseKind.REJECTED:
+            state.canary = None
+            state.scaled_to_zero = desired
+            return state
+        case PhaseKind.QUEUED:
+            waiting = phase.admission.waiting
+            assert waiting is not None
+            state.queued = Hold("RolloutQueued", waiting)
+            if not _condition_says(md, "Reconciling", "RolloutQueued", waiting):
+                state.events.append(Event("Normal", "RolloutQueued", waiting))
+            state.previous = phase.previous
+            return _watch_window(md, state, evidence, now)
+        case PhaseKind.NEW_CANARY:
+            if state.canary is not None:
+                _supersede(md, state, now, f"replaced by revision {desired}")
+            state.canary, state.canary_version = desired, version
+            state.canary_cause = phase.admission.cause
+            state.step, state.step_started_at = 0, stamp(now)
+            state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
             state.events.append(
-                Event("Normal", "CanaryAborted", f"spec returned to stable {state.stable}")
+                Event("Normal", "CanaryStarted", f"revision {desired} starts as a canary")
             )
-            state.canary, state.analysis = None, None
-        state.stable_version = state.stable_version or version
-        return _watch_window(md, _with_previous(md, state, existing, now), evidence, now)
-
-    if is_rejected(md, desired):
-        state.canary = None
-        state.scaled_to_zero = desired
-        return state
-
-    if state.canary != desired:
-        if state.canary is None and admission.waiting is not None:
-            state.queued = Hold("RolloutQueued", admission.waiting)
-            if not _condition_says(md, "Reconciling", "RolloutQueued", admission.waiting):
-                state.events.append(Event("Normal", "RolloutQueued", admission.waiting))
-            return _watch_window(md, _with_previous(md, state, existing, now), evidence, now)
-        if state.canary is not None:
-            _supersede(md, state, now, f"replaced by revision {desired}")
-        state.canary, state.canary_version = desired, version
-        state.canary_cause = admission.cause
-        state.step, state.step_started_at = 0, stamp(now)
-        state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
-        state.previous = None
-        state.events.append(
-            Event("Normal", "CanaryStarted", f"revision {desired} starts as a canary")
-        )
-        return state
-
-    if pending:
-        return _act(md, state, pending, now, canary_created)
-    return _advance(md, state, evidence, now, canary_created)
+            return state
+        case PhaseKind.CANARY:
+            if pending:
+                return _act(md, state, pending, now, canary_created)
+            return _advance(md, state, phase, evidence, now, canary_created)
 
 
 def _act(
@@ -376,30 +308,6 @@ def _supersede(md: ModelDeployment, state: RolloutState, now: dt.datetime, why: 
     state.history = _history(state, _entry(md, state.canary, RolloutOutcome.SUPERSEDED, now, why))
 
 
-def previous_revision(md: ModelDeployment, stable: str, existing: set[str]) -> str | None:
-    """The revision kept warm after a promotion: the one Deployment left besides stable's that
-    was not rejected (the planner deletes every other revision once a rollout ends)."""
-    rejected = {r.revision for r in md.status.rejected_revisions}
-    others = sorted(existing - {stable} - rejected)
-    return others[0] if others else None
-
-
-def in_rollback_window(md: ModelDeployment, stable: str, now: dt.datetime) -> bool:
-    """True while `stable` was promoted less than spec.rollout.rollbackWindow ago."""
-    window = parse_duration(md.spec.rollout.rollback_window)
-    since = promoted_at(md, stable)
-    return window > 0 and since is not None and (now - since).total_seconds() < window
-
-
-def _with_previous(
-    md: ModelDeployment, state: RolloutState, existing: set[str], now: dt.datetime
-) -> RolloutState:
-    """Keep the last stable warm for rollbackWindow after a promotion, then let it go."""
-    if in_rollback_window(md, state.stable, now):
-        state.previous = previous_revision(md, state.stable, existing)
-    return state
-
-
 def _record(analysis: dict[str, Any], checks: list[Check], now: dt.datetime) -> CheckOutcome:
     """Fold this interval's checks into the counters; returns the interval's verdict."""
     if any(c.outcome == CheckOutcome.FAILED for c in checks):
@@ -451,6 +359,7 @@ def _failure(md: ModelDeployment, state: RolloutState, evidence: Evidence) -> Ch
 
 
 def _gates_ok(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
+    """Whether the analysis being decided this pass has every model gate passed."""
     passed = {c["name"] for c in analysis.get("checks", []) if c.get("outcome") == "Passed"}
     return set(needed_gates(md)) <= passed
 
@@ -458,6 +367,7 @@ def _gates_ok(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
 def _advance(
     md: ModelDeployment,
     state: RolloutState,
+    phase: PassPhase,
     evidence: Evidence,
     now: dt.datetime,
     canary_created: dt.datetime | None,
@@ -465,11 +375,10 @@ def _advance(
     assert state.canary is not None
     analysis = state.analysis if state.analysis is not None else {}
     state.analysis = analysis
-    gated_before = _gates_ok(md, analysis)
     if evidence.gates:
         kept = [c for c in analysis.get("checks", []) if c["name"] not in GATE_CHECKS]
         analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
-    if not gated_before and _gates_ok(md, analysis):
+    if not phase.gates_passed and _gates_ok(md, analysis):
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
     if _gates_ok(md, analysis) and not _started(analysis):
         _after_gates(md, state, analysis, evidence, now)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 from modeldeploy.api import ModelDeployment, parse_model_deployment
+from modeldeploy.children import resolve_image
+from modeldeploy.config import OperatorConfig
+from modeldeploy.observed import Observed
+from modeldeploy.pass_phase import Admission, phase_of
+from modeldeploy.planner import Plan, plan
+from modeldeploy.revision import revision_of
+from modeldeploy.rollout import Evidence, RolloutState, next_state
 
 BASE: dict[str, Any] = {
     "apiVersion": "modeldeploy.io/v1alpha1",
@@ -56,3 +64,32 @@ def deployment_of(md: ModelDeployment, revision: str, image: str, replicas: int 
     return build_deployment(
         md, revision, image, replicas, annotations={SPEC_DIGEST: spec_digest(md.spec)}
     )
+
+
+def decide(
+    md: ModelDeployment,
+    desired: str,
+    existing: set[str],
+    evidence: Evidence,
+    now: dt.datetime,
+    canary_created: dt.datetime | None = None,
+    admission: Admission | None = None,
+) -> RolloutState:
+    """The rollout's next state as a pass decides it: where it stands first, then what follows."""
+    phase = phase_of(md, desired, existing, now, admission)
+    return next_state(md, phase, evidence, now, canary_created)
+
+
+def plan_pass(
+    md: ModelDeployment,
+    observed: Observed,
+    now: dt.datetime,
+    config: OperatorConfig,
+    evidence: Evidence | None = None,
+    admission: Admission | None = None,
+) -> Plan:
+    """The pure part of a reconcile pass: the phase of the revision the spec asks for, then the
+    plan."""
+    desired = revision_of(md, resolve_image(md, config), config.operator_token_sha256)
+    phase = phase_of(md, desired, observed.revisions(), now, admission)
+    return plan(md, observed, now, config, phase, evidence)

@@ -3,9 +3,9 @@ examples: each acts once, is acknowledged in status, and never needs an edit of 
 
 from __future__ import annotations
 
-from core_fixtures import make_md
+from core_fixtures import decide, make_md
 from modeldeploy.actions import paused, requested, retry_token
-from modeldeploy.rollout import Evidence, next_state
+from modeldeploy.rollout import Evidence
 from test_core_rollout import PASS, READY, ROLLOUT, T0, at, canary_status
 
 
@@ -15,7 +15,7 @@ def md_with(annotations: dict, status: dict | None = None, **rollout):
 
 def test_promote_skips_the_remaining_steps_once():
     md = md_with({"modeldeploy.io/promote": "t1"}, canary_status(step=0))
-    state = next_state(
+    state = decide(
         md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY, metrics=PASS), at(5), T0
     )
     assert (state.stable, state.canary) == ("canary1", None)
@@ -31,7 +31,7 @@ def test_promote_skips_the_remaining_steps_once():
 
 def test_abort_rolls_back_now_and_rejects_the_revision():
     md = md_with({"modeldeploy.io/abort": "t1", "modeldeploy.io/promote": "t1"}, canary_status())
-    state = next_state(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
+    state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
     assert (state.stable, state.canary) == ("stable1", None)
     assert state.last_rollback["check"] == "userAbort" and state.rejected[0]["reason"] == "Aborted"
     # Abort wins; the promote asked at the same time then finds no canary, and says so.
@@ -41,20 +41,20 @@ def test_abort_rolls_back_now_and_rejects_the_revision():
 
 def test_a_request_without_a_canary_is_acknowledged_and_said_to_do_nothing():
     md = md_with({"modeldeploy.io/promote": "t1"}, {"stableRevision": "stable1"})
-    state = next_state(md, "stable1", {"stable1"}, Evidence(), T0)
+    state = decide(md, "stable1", {"stable1"}, Evidence(), T0)
     assert state.actions == {"promote": "t1"}
     assert [e.reason for e in state.events] == ["RequestIgnored"]
 
 
 def test_retry_annotation_retries_a_rejected_revision_without_a_spec_change():
     rejected = [{"revision": "canary1", "retryToken": "", "rejectedAt": "2026-11-27T11:00:00Z"}]
-    before = next_state(md_with({}, {"stableRevision": "stable1", "rejectedRevisions": rejected}),
+    before = decide(md_with({}, {"stableRevision": "stable1", "rejectedRevisions": rejected}),
                         "canary1", {"stable1", "canary1"}, Evidence(), T0)  # fmt: skip
     assert before.canary is None, "rejected: not retried"
     md = md_with(
         {"modeldeploy.io/retry": "t1"}, {"stableRevision": "stable1", "rejectedRevisions": rejected}
     )
-    state = next_state(md, "canary1", {"stable1", "canary1"}, Evidence(), T0)
+    state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(), T0)
     assert state.canary == "canary1" and state.actions["retry"] == "t1"
     assert retry_token(md) == "/t1"
 
@@ -62,7 +62,7 @@ def test_retry_annotation_retries_a_rejected_revision_without_a_spec_change():
 def test_the_paused_annotation_holds_like_the_spec_field():
     md = md_with({"modeldeploy.io/paused": "true"}, canary_status(started=0))
     assert paused(md)
-    state = next_state(
+    state = decide(
         md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY, metrics=PASS), at(600), T0
     )
     assert state.paused and state.step == 0
@@ -88,7 +88,7 @@ def test_pause_and_resume_each_say_so_once():
         {"modeldeploy.io/paused": "true"},
         {**canary_status(started=0), "conditions": [progressing]},
     )
-    state = next_state(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
+    state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
     assert [(e.reason, e.message) for e in state.events] == [
         ("Paused", "canary canary1 held at 10% by annotation modeldeploy.io/paused")
     ]
@@ -97,10 +97,10 @@ def test_pause_and_resume_each_say_so_once():
         {"modeldeploy.io/paused": "true"},
         {**canary_status(started=0), "conditions": [paused_before]},
     )
-    state = next_state(still, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(6), T0)
+    state = decide(still, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(6), T0)
     assert state.events == [], "no Event while it stays paused"
     resumed = md_with({}, {**canary_status(started=0), "conditions": [paused_before]})
-    state = next_state(resumed, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(7), T0)
+    state = decide(resumed, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(7), T0)
     assert [(e.reason, e.message) for e in state.events] == [
         ("Resumed", "canary canary1 goes on from 10%")
     ]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from core_fixtures import deployment_of, make_md, observed_deployment
+from core_fixtures import deployment_of, make_md, observed_deployment, plan_pass
 from modeldeploy.children import build_hpa, build_service
 from modeldeploy.config import OperatorConfig
 from modeldeploy.naming import REVISION
 from modeldeploy.observed import Observed
-from modeldeploy.planner import plan
 from modeldeploy.revision import revision_of
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -40,7 +39,7 @@ def conditions(status: dict) -> dict[str, str]:
 
 def test_first_pass_creates_deployment_and_service_and_is_pending():
     md = make_md({"scaling": {"replicas": 2}})
-    result = plan(md, Observed(), NOW, CONFIG)
+    result = plan_pass(md, Observed(), NOW, CONFIG)
     assert [o["kind"] for o in result.apply] == ["Deployment", "Service"]
     assert result.apply[1]["spec"]["selector"][REVISION] == rev(md)
     assert result.delete == []
@@ -56,7 +55,7 @@ def test_rolled_out_children_make_no_writes_and_report_ready():
         deployments=[observed_deployment(deployment_of(md, r, "img:1", 2))],
         services=[pinned_service(md, r)],
     )
-    result = plan(md, observed, NOW, CONFIG)
+    result = plan_pass(md, observed, NOW, CONFIG)
     assert result.writes == 0
     assert result.status["phase"] == "Ready"
     assert (result.status["readyReplicas"], result.status["stableRevision"]) == (2, r)
@@ -74,7 +73,7 @@ def test_model_change_starts_a_canary_beside_the_stable_revision():
         deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2))],
         services=[pinned_service(old_md, old)],
     )
-    result = plan(md, observed, NOW, CONFIG)
+    result = plan_pass(md, observed, NOW, CONFIG)
     canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{rev(md)}")
     assert canary["spec"]["replicas"] == 1, "one warm pod while the model gates run"
     assert result.delete == []
@@ -113,7 +112,7 @@ def test_canary_at_a_middle_step_unpins_the_service():
         ],
         services=[pinned_service(old_md, old)],
     )
-    result = plan(md, observed, NOW, CONFIG)
+    result = plan_pass(md, observed, NOW, CONFIG)
     service = next(o for o in result.apply if o["kind"] == "Service")
     assert REVISION not in service["spec"]["selector"], "traffic spreads over both revisions"
     assert result.status["desiredWeight"] == 25
@@ -134,7 +133,9 @@ def test_first_deploy_past_its_progress_deadline_is_degraded_and_stalled():
             "message": "timed out",
         }
     ]
-    result = plan(md, Observed(deployments=[stuck], services=[pinned_service(md, r)]), NOW, CONFIG)
+    result = plan_pass(
+        md, Observed(deployments=[stuck], services=[pinned_service(md, r)]), NOW, CONFIG
+    )
     assert result.status["phase"] == "Degraded"
     assert conditions(result.status) == expect(ready=0, progressing=0, degraded=1, stalled=1)
     assert [e.reason for e in result.events] == ["ProgressDeadlineExceeded"]
@@ -143,7 +144,7 @@ def test_first_deploy_past_its_progress_deadline_is_degraded_and_stalled():
 def test_autoscaling_adds_an_hpa_and_dropping_it_deletes_the_hpa():
     md = make_md({"scaling": {"minReplicas": 2, "maxReplicas": 4}})
     r = rev(md)
-    result = plan(md, Observed(), NOW, CONFIG)
+    result = plan_pass(md, Observed(), NOW, CONFIG)
     assert "HorizontalPodAutoscaler" in [o["kind"] for o in result.apply]
     assert "replicas" not in result.apply[0]["spec"]
 
@@ -154,7 +155,7 @@ def test_autoscaling_adds_an_hpa_and_dropping_it_deletes_the_hpa():
         services=[pinned_service(fixed, r)],
         hpas=[hpa] if hpa else [],
     )
-    assert [d.kind for d in plan(fixed, observed, NOW, CONFIG).delete] == [
+    assert [d.kind for d in plan_pass(fixed, observed, NOW, CONFIG).delete] == [
         "HorizontalPodAutoscaler"
     ]
 
@@ -167,9 +168,9 @@ def test_status_is_stable_across_passes():
         deployments=[observed_deployment(deployment_of(md, r, "img:1", 1))],
         services=[pinned_service(md, r)],
     )
-    first = plan(md, observed, NOW, CONFIG)
+    first = plan_pass(md, observed, NOW, CONFIG)
     again = make_md(status=first.status)
-    second = plan(again, observed, NOW + dt.timedelta(minutes=5), CONFIG)
+    second = plan_pass(again, observed, NOW + dt.timedelta(minutes=5), CONFIG)
     assert second.status == first.status
     assert second.events == []
 
@@ -196,7 +197,7 @@ def test_canary_is_sized_from_the_hpa_s_choice_and_the_hpa_keeps_the_stable_repl
     spec = {"scaling": scaling, "rollout": {"steps": [50, 100]}, **V8}
     new = rev(make_md(spec))
     md = canary_md(spec, old, new, 0)
-    result = plan(
+    result = plan_pass(
         md, Observed(deployments=[stable], services=[pinned_service(old_md, old)]), NOW, CONFIG
     )
     canary = next(o for o in result.apply if o["metadata"]["name"] == f"fraud-{new}")
@@ -216,7 +217,7 @@ def test_gateway_router_writes_exact_weights_on_an_http_route():
     new = rev(make_md(spec))
     md = canary_md(spec, old, new, 0)
     observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 10))])
-    result = plan(md, observed, NOW, CONFIG)
+    result = plan_pass(md, observed, NOW, CONFIG)
     route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
     assert [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]] == [
         ("fraud-stable", 90), ("fraud-canary", 10),
@@ -245,7 +246,7 @@ def test_with_grpc_on_a_grpc_route_carries_the_same_weights_to_the_grpc_port():
             "rollout": {"steps": [10, 100]}, **V8}  # fmt: skip
     new = rev(make_md(spec))
     observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 10))])
-    result = plan(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
+    result = plan_pass(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
     http = next(o for o in result.apply if o["kind"] == "HTTPRoute")
     grpc = next(o for o in result.apply if o["kind"] == "GRPCRoute")
     assert grpc["apiVersion"] == "gateway.networking.k8s.io/v1"
@@ -260,7 +261,7 @@ def test_with_grpc_on_a_grpc_route_carries_the_same_weights_to_the_grpc_port():
     observed_route = Observed(
         deployments=observed.deployments, grpc_routes=[{"metadata": {"name": "fraud"}}]
     )
-    result = plan(canary_md(plain, old, rev(make_md(plain)), 0), observed_route, NOW, CONFIG)
+    result = plan_pass(canary_md(plain, old, rev(make_md(plain)), 0), observed_route, NOW, CONFIG)
     assert not [o for o in result.apply if o["kind"] == "GRPCRoute"]
     assert [(d.kind, d.name) for d in result.delete if d.kind == "GRPCRoute"] == [
         ("GRPCRoute", "fraud")
@@ -273,7 +274,7 @@ def test_gateway_router_with_a_mesh_attaches_the_route_to_the_models_service():
         "gateway": {"parentRefs": [{"name": "public"}], "mesh": True},
     }
     md = make_md({"traffic": traffic})
-    result = plan(md, Observed(), NOW, CONFIG)
+    result = plan_pass(md, Observed(), NOW, CONFIG)
     route = next(o for o in result.apply if o["kind"] == "HTTPRoute")
     assert {"group": "", "kind": "Service", "name": "fraud"} in route["spec"]["parentRefs"]
 
@@ -284,7 +285,7 @@ def test_a_weight_the_replicas_cannot_realise_is_reported():
     spec = {"scaling": {"replicas": 1}, "rollout": {"steps": [10, 100]}, **V8}
     new = rev(make_md(spec))
     observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 1))])
-    result = plan(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
+    result = plan_pass(canary_md(spec, old, new, 0), observed, NOW, CONFIG)
     split = {c["type"]: c for c in result.status["conditions"]}["TrafficSplitExact"]
     assert split["status"] == "False" and split["reason"] == "TooFewReplicas"
     assert "the canary gets 50%" in split["message"]
@@ -304,7 +305,7 @@ def test_a_canary_comes_back_when_its_next_analysis_is_due():
     status["analysis"]["lastRunAt"] = "2026-11-27T11:59:48Z"  # 12 s before NOW
     md = make_md(spec, status=status)
     observed = Observed(deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2))])
-    assert plan(md, observed, NOW, CONFIG).requeue_after == pytest.approx(18)
+    assert plan_pass(md, observed, NOW, CONFIG).requeue_after == pytest.approx(18)
 
 
 @pytest.mark.parametrize(("canary_pods", "phase"), [(1, "RollingBack"), (0, "Degraded")])
@@ -324,13 +325,13 @@ def test_a_rolled_back_revision_is_rolling_back_until_its_pods_are_gone(canary_p
         deployments=[observed_deployment(deployment_of(old_md, old, "img:1", 2)), canary],
         services=[pinned_service(old_md, old)],
     )
-    result = plan(md, observed, NOW, CONFIG)
+    result = plan_pass(md, observed, NOW, CONFIG)
     assert result.status["phase"] == phase
     assert conditions(result.status)["Degraded"] == "True"
 
 
 def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_says_why():
-    from modeldeploy.rollout import OPERATOR_CAUSE, Admission
+    from modeldeploy.pass_phase import OPERATOR_CAUSE, Admission
 
     md = make_md(
         {"scaling": {"replicas": 2}}, status={"stableRevision": "old1234567", "phase": "Ready"}
@@ -339,7 +340,7 @@ def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_s
     stable = observed_deployment(deployment_of(old_md, "old1234567", "img:0", 2))
     observed = Observed(deployments=[stable], services=[pinned_service(md, "old1234567")])
     admission = Admission(OPERATOR_CAUSE, waiting="waits for a rollout slot: 10 of 10 in use")
-    result = plan(md, observed, NOW, CONFIG, admission=admission)
+    result = plan_pass(md, observed, NOW, CONFIG, admission=admission)
     assert result.status["phase"] == "Ready" and "canaryRevision" not in result.status
     reconciling = {c["type"]: c for c in result.status["conditions"]}["Reconciling"]
     assert (reconciling["status"], reconciling["reason"]) == ("True", "RolloutQueued")

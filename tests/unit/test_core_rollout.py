@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from core_fixtures import make_md
+from core_fixtures import decide, make_md
 from modeldeploy.api import CheckOutcome
 from modeldeploy.judge import Check
-from modeldeploy.rollout import OPERATOR_CAUSE, Admission, Evidence, Hold, next_state, stamp
+from modeldeploy.pass_phase import OPERATOR_CAUSE, Admission
+from modeldeploy.rollout import Evidence, Hold, stamp
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 ROLLOUT = {
@@ -51,18 +52,18 @@ def state_for(
     desired="canary1",
 ):
     md = make_md({"rollout": rollout or ROLLOUT}, status=status)
-    return next_state(md, desired, {"stable1", "canary1"}, evidence, now, T0)
+    return decide(md, desired, {"stable1", "canary1"}, evidence, now, T0)
 
 
 def test_first_revision_goes_straight_to_stable():
     md = make_md({"rollout": ROLLOUT})
-    state = next_state(md, "rev1", set(), Evidence(), T0)
+    state = decide(md, "rev1", set(), Evidence(), T0)
     assert (state.stable, state.canary, state.weight) == ("rev1", None, 0)
 
 
 def test_a_new_revision_starts_as_a_canary_with_no_traffic_until_its_gates_pass():
     md = make_md({"rollout": ROLLOUT}, status={"stableRevision": "stable1"})
-    state = next_state(md, "canary1", {"stable1"}, Evidence(), T0)
+    state = decide(md, "canary1", {"stable1"}, Evidence(), T0)
     assert (state.canary, state.step, state.weight) == ("canary1", 0, 0)
     assert [e.reason for e in state.events] == ["CanaryStarted"]
 
@@ -152,7 +153,7 @@ def test_low_traffic_under_rollback_counts_as_failure():
 def test_a_rejected_revision_is_not_retried_until_the_retry_token_changes():
     status = {"stableRevision": "stable1", "rejectedRevisions": [
         {"revision": "canary1", "retryToken": "", "rejectedAt": stamp(T0), "reason": "PodsFailing"}]}  # fmt: skip
-    held = next_state(
+    held = decide(
         make_md({"rollout": ROLLOUT}, status=status),
         "canary1",
         {"stable1", "canary1"},
@@ -161,7 +162,7 @@ def test_a_rejected_revision_is_not_retried_until_the_retry_token_changes():
     )
     assert held.canary is None and held.scaled_to_zero == "canary1"
     retried_md = make_md({"rollout": {**ROLLOUT, "retry": "again"}}, status=status)
-    retried = next_state(retried_md, "canary1", {"stable1", "canary1"}, Evidence(), at(60))
+    retried = decide(retried_md, "canary1", {"stable1", "canary1"}, Evidence(), at(60))
     assert retried.canary == "canary1" and retried.step == 0
 
 
@@ -205,7 +206,7 @@ def test_a_failure_in_the_rollback_window_restores_the_previous_revision(window_
     }
     md = make_md({"rollout": {**ROLLOUT, "rollbackWindow": "5m"}}, status=status)
     now = at(60 if window_left else 600)
-    state = next_state(md, "canary1", {"stable1", "canary1"}, Evidence(metrics=FAIL), now)
+    state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(metrics=FAIL), now)
     if window_left:
         assert state.stable == "stable1" and state.last_rollback["revision"] == "canary1"
     else:
@@ -273,7 +274,7 @@ def test_the_rollback_window_does_not_return_to_a_previous_revision_with_no_read
             {"revision": "canary1", "outcome": "Promoted", "finishedAt": stamp(at(0))}]},
     )  # fmt: skip
     crash = Check("podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", hard=True)
-    state = next_state(
+    state = decide(
         md, "canary1", {"stable1", "canary1"}, Evidence(pods=crash, fallback_ready=False), at(60)
     )
     assert (state.stable, state.canary) == ("canary1", None)
@@ -283,17 +284,17 @@ def test_the_rollback_window_does_not_return_to_a_previous_revision_with_no_read
 def test_an_operator_caused_revision_waits_for_a_slot_and_says_why():
     md = make_md({"rollout": ROLLOUT}, status={"stableRevision": "stable1"})
     admission = Admission(OPERATOR_CAUSE, waiting="waits for a rollout slot: 10 of 10 in use")
-    state = next_state(md, "canary1", {"stable1"}, Evidence(), T0, T0, admission)
+    state = decide(md, "canary1", {"stable1"}, Evidence(), T0, T0, admission)
     assert state.canary is None and state.queued is not None
     assert [e.reason for e in state.events] == ["RolloutQueued"]
-    started = next_state(md, "canary1", {"stable1"}, Evidence(), T0, T0, Admission(OPERATOR_CAUSE))
+    started = decide(md, "canary1", {"stable1"}, Evidence(), T0, T0, Admission(OPERATOR_CAUSE))
     assert started.canary == "canary1" and started.status_fields()["canaryCause"] == "Operator"
 
 
 def test_a_running_canary_is_never_queued():
     admission = Admission(OPERATOR_CAUSE, waiting="no slot")
     md = make_md({"rollout": ROLLOUT}, status=canary_status())
-    state = next_state(md, "canary2", {"stable1", "canary1"}, Evidence(), T0, T0, admission)
+    state = decide(md, "canary2", {"stable1", "canary1"}, Evidence(), T0, T0, admission)
     assert state.canary == "canary2", "a newer revision replaces the running canary at once"
 
 
@@ -301,5 +302,5 @@ def test_a_model_scaled_to_zero_takes_a_new_revision_without_a_canary():
     md = make_md(
         {"rollout": ROLLOUT, "scaling": {"replicas": 0}}, status={"stableRevision": "stable1"}
     )
-    state = next_state(md, "canary1", {"stable1"}, Evidence(), T0)
+    state = decide(md, "canary1", {"stable1"}, Evidence(), T0)
     assert (state.stable, state.canary) == ("canary1", None)

@@ -4,13 +4,13 @@ stable's /metrics text, and what stable's servers are told."""
 from __future__ import annotations
 
 import pytest
-from core_fixtures import make_md
+from core_fixtures import decide, make_md
 from modeldeploy.api import Analysis, CheckOutcome, InvalidModelDeployment, Shadow
 from modeldeploy.children import server_env, takes_operator_token
 from modeldeploy.evidence import _shadow_delta, parse_shadow_metrics, servers_take_operator_token
 from modeldeploy.judge import Check, ShadowMetrics, judge_shadow
 from modeldeploy.observed import Observed
-from modeldeploy.rollout import Evidence, next_state, stamp
+from modeldeploy.rollout import Evidence, stamp
 from modeldeploy.shadow import mirror_document, wanted
 from modelserver import metric_names as m
 from test_core_rollout import GATES_OK, READY, ROLLOUT, T0, at, canary_status
@@ -34,7 +34,7 @@ FEW = [Check("shadowRequests", CheckOutcome.INCONCLUSIVE, "3", ">= 20", 3, "3 re
 
 def step(status: dict, evidence: Evidence, seconds: float, rollout: dict | None = None):
     md = make_md({"rollout": rollout or SHADOW_ROLLOUT}, status=status)
-    return next_state(md, "canary1", {"stable1", "canary1"}, evidence, at(seconds), T0)
+    return decide(md, "canary1", {"stable1", "canary1"}, evidence, at(seconds), T0)
 
 
 def shadow_status(started: float = 0, **analysis) -> dict:
@@ -300,7 +300,7 @@ def test_the_gateway_mirror_needs_nothing_of_stables_servers():
         {"rollout": rollout, "traffic": GATEWAY_TRAFFIC}, status=canary_status(gates=False)
     )
     evidence = Evidence(pods=READY, gates=GATES_OK, stable_mirrors=False)
-    state = next_state(md, "canary1", {"stable1", "canary1"}, evidence, at(30), T0)
+    state = decide(md, "canary1", {"stable1", "canary1"}, evidence, at(30), T0)
     assert state.weight == 0 and state.analysis["shadowStartedAt"] == stamp(at(30))
 
 
