@@ -41,7 +41,7 @@ from .traffic import (
     weight_summary,
 )
 
-__all__ = ["ChildRef", "Event", "Plan", "plan", "timestamp"]
+__all__ = ["Applied", "ChildRef", "Event", "Plan", "plan", "status_after_apply", "timestamp"]
 
 timestamp = stamp
 
@@ -60,6 +60,42 @@ class Plan:
     @property
     def writes(self) -> int:
         return len(self.apply) + len(self.delete)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a plan found that planning could not know: the kinds the API server does not
+    serve (`apiVersion kind`), e.g. an HTTPRoute where the Gateway API CRDs are not installed."""
+
+    unserved: tuple[str, ...] = ()
+
+
+def status_after_apply(
+    md: ModelDeployment, planned: dict[str, Any], applied: Applied, now: dt.datetime
+) -> dict[str, Any]:
+    """The status to write once the plan is applied: the planned one, or, when a kind was not
+    served, the same with Stalled saying which and what to install (a person must act)."""
+    if not applied.unserved:
+        return planned
+    kept = [
+        Condition(c["type"], c["status"] == "True", c["reason"], c.get("message", ""))
+        for c in planned.get("conditions", [])
+        if c["type"] != "Stalled"
+    ]
+    stalled = Condition(
+        "Stalled",
+        True,
+        "KindNotServed",
+        f"the API server does not serve {', '.join(applied.unserved)}; "
+        "install its CRDs (the gateway-api router needs the Gateway API)",
+    )
+    conditions = merge_conditions(
+        planned.get("conditions"),
+        [*kept, stalled],
+        now=stamp(now),
+        generation=md.metadata.generation,
+    )
+    return {**planned, "conditions": conditions}
 
 
 def _stable_replicas(md: ModelDeployment, observed: Observed, stable: str) -> int:

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -35,7 +35,7 @@ from .kube import Kube
 from .naming import owned_selector
 from .observed import Observed
 from .pass_phase import OPERATOR_CAUSE, SPEC_CAUSE, Admission, CanaryStage, phase_of
-from .planner import Event, Plan, plan, timestamp
+from .planner import Applied, ChildRef, Event, Plan, plan, status_after_apply, timestamp
 from .revision import revision_of, rollout_cause
 from .rollout import Hold
 
@@ -303,41 +303,10 @@ def reconcile(
     result = plan(md, observed, now, config, phase, evidence)
     if context.slots is not None and result.status.get("canaryCause") != OPERATOR_CAUSE:
         context.slots.release((namespace, name))
-    missing_kinds = []
-    for obj in result.apply:
-        log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
-        try:
-            written = apply_child(kube, obj)
-        except ApiException as error:
-            if error.status != 404:
-                raise
-            # The kind is not served (e.g. the Gateway API CRDs are not installed): say so in
-            # status and keep the rest of the model running.
-            missing_kinds.append(f"{obj['apiVersion']} {obj['kind']}")
-            continue
-        if context.children is not None:
-            context.children.remember(written)
-    if missing_kinds:
-        result.status["conditions"] = merge_conditions(
-            result.status.get("conditions"),
-            [
-                *[Condition(c["type"], c["status"] == "True", c["reason"], c.get("message", ""))
-                  for c in result.status.get("conditions", []) if c["type"] != "Stalled"],
-                Condition(
-                    "Stalled", True, "KindNotServed",
-                    f"the API server does not serve {', '.join(missing_kinds)}; "
-                    "install its CRDs (the gateway-api router needs the Gateway API)",
-                ),
-            ],
-            now=timestamp(now),
-            generation=md.metadata.generation,
-        )  # fmt: skip
+    applied = apply_children(kube, result.apply, namespace, context.children)
     _mirror(md, observed, result.status, context.tokens)
-    for ref in result.delete:
-        log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
-        kube.delete(ref.api_version, ref.kind, namespace, ref.name)
-        if context.children is not None:
-            context.children.forget(ref.kind, namespace, ref.name)
+    delete_children(kube, result.delete, namespace, context.children)
+    result = replace(result, status=status_after_apply(md, result.status, applied, now))
     patch = status_patch(body.get("status"), result.status)
     if patch is None:
         return PassResult(result, False, time.monotonic() - started)
@@ -345,6 +314,36 @@ def reconcile(
     if stored is None:
         return PassResult(Plan(), False, time.monotonic() - started)
     return PassResult(result, True, time.monotonic() - started, stored)
+
+
+def apply_children(
+    kube: Kube, objects: list[dict[str, Any]], namespace: str, children: ChildCache | None
+) -> Applied:
+    """Apply the planned children; a kind the API server does not serve (e.g. the Gateway API
+    CRDs are not installed) is skipped and reported, so the rest of the model keeps running."""
+    unserved = []
+    for obj in objects:
+        log.info("apply %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])
+        try:
+            written = apply_child(kube, obj)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            unserved.append(f"{obj['apiVersion']} {obj['kind']}")
+            continue
+        if children is not None:
+            children.remember(written)
+    return Applied(tuple(unserved))
+
+
+def delete_children(
+    kube: Kube, refs: list[ChildRef], namespace: str, children: ChildCache | None
+) -> None:
+    for ref in refs:
+        log.info("delete %s %s/%s", ref.kind, namespace, ref.name)
+        kube.delete(ref.api_version, ref.kind, namespace, ref.name)
+        if children is not None:
+            children.forget(ref.kind, namespace, ref.name)
 
 
 def _mirror(

@@ -10,6 +10,7 @@ from modeldeploy.children import build_hpa, build_service
 from modeldeploy.config import OperatorConfig
 from modeldeploy.naming import REVISION
 from modeldeploy.observed import Observed
+from modeldeploy.planner import Applied, status_after_apply
 from modeldeploy.revision import revision_of
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -347,3 +348,19 @@ def test_an_operator_caused_revision_waiting_for_a_slot_keeps_stable_ready_and_s
     assert [o["metadata"]["name"] for o in result.apply if o["kind"] == "Deployment"] == [], (
         "stable untouched"
     )
+
+
+def test_a_kind_the_api_server_does_not_serve_stalls_with_what_to_install():
+    md = make_md({"scaling": {"replicas": 2}})
+    planned = plan_pass(md, Observed(), NOW, CONFIG).status
+    assert status_after_apply(md, planned, Applied(), NOW) is planned
+    route = "gateway.networking.k8s.io/v1 HTTPRoute"
+    status = status_after_apply(md, planned, Applied((route,)), NOW)
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "KindNotServed")
+    assert route in stalled["message"] and "install its CRDs" in stalled["message"]
+    others = [c for c in status["conditions"] if c["type"] != "Stalled"]
+    assert others == [c for c in planned["conditions"] if c["type"] != "Stalled"]
+    assert {k: v for k, v in status.items() if k != "conditions"} == {
+        k: v for k, v in planned.items() if k != "conditions"
+    }
