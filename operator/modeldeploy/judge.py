@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import Analysis, CheckOutcome, Shadow, parse_duration
+from .api.status import CheckResult
 from .observed import pod_ready
 
 PASSED, FAILED, INCONCLUSIVE = CheckOutcome.PASSED, CheckOutcome.FAILED, CheckOutcome.INCONCLUSIVE
@@ -41,14 +42,16 @@ class Check:
     # Hard failures (a crash loop, an image that cannot be pulled) skip failureThreshold.
     hard: bool = False
 
-    def as_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "outcome": self.outcome.value}
-        for key in ("value", "threshold", "samples"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.message:
-            out["message"] = self.message
-        return out
+    def as_result(self) -> CheckResult:
+        """The check as status records it (no message when there is nothing to say)."""
+        return CheckResult(
+            name=self.name,
+            outcome=self.outcome,
+            value=self.value,
+            threshold=self.threshold,
+            samples=self.samples,
+            message=self.message or None,
+        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from .actions import retry_token
 from .api import CheckOutcome, ModelDeployment, RolloutOutcome, parse_duration
+from .api.status import AnalysisStatus
 
 SPEC_CAUSE, OPERATOR_CAUSE = "Spec", "Operator"
 
@@ -97,7 +98,7 @@ def phase_of(
     status = md.status
     stable, canary = status.stable_revision, status.canary_revision
     rejected = is_rejected(md, desired)
-    gates = gates_passed(md)
+    gates = gates_passed(md, status.analysis)
     no_pods_wanted = not md.spec.scaling.autoscaling and md.spec.scaling.fixed_replicas() == 0
     if stable is None or stable not in existing or no_pods_wanted:
         kind = PhaseKind.FIRST_DEPLOY
@@ -128,12 +129,13 @@ def phase_of(
 
 def _stage(md: ModelDeployment, gates: bool) -> CanaryStage:
     analysis = md.status.analysis
-    shadow_started = analysis is not None and analysis.shadow_started_at is not None
-    traffic_started = analysis is not None and analysis.traffic_started_at is not None
     if not gates:
         return CanaryStage.GATES
-    if md.spec.rollout.shadow is not None and not traffic_started:
-        return CanaryStage.SHADOW if shadow_started else CanaryStage.SHADOW_PENDING
+    if shadowing(md, analysis):
+        return CanaryStage.SHADOW
+    started = analysis is not None and (analysis.shadow_started_at or analysis.traffic_started_at)
+    if md.spec.rollout.shadow is not None and not started:
+        return CanaryStage.SHADOW_PENDING
     return CanaryStage.TRAFFIC
 
 
@@ -153,13 +155,25 @@ def analysis_due(md: ModelDeployment, now: dt.datetime) -> bool:
     return last is None or (now - last).total_seconds() >= interval
 
 
-def gates_passed(md: ModelDeployment) -> bool:
-    analysis = md.status.analysis
+def gates_passed(md: ModelDeployment, analysis: AnalysisStatus | None) -> bool:
+    """Whether `analysis` (status's, or the one being decided this pass) has every model gate
+    the spec asks for passed."""
     needed = set(needed_gates(md))
     passed = {
         c.name for c in (analysis.checks if analysis else []) if c.outcome == CheckOutcome.PASSED
     }
     return needed <= passed
+
+
+def shadowing(md: ModelDeployment, analysis: AnalysisStatus | None) -> bool:
+    """Whether `analysis` has the canary shadowing stable: a shadow phase is asked for, it
+    started, and the canary has had no live traffic yet."""
+    return (
+        md.spec.rollout.shadow is not None
+        and analysis is not None
+        and analysis.shadow_started_at is not None
+        and analysis.traffic_started_at is None
+    )
 
 
 def needed_gates(md: ModelDeployment) -> list[str]:

@@ -27,10 +27,10 @@ from .observed import (
     rolled_out,
     total_replicas,
 )
-from .pass_phase import PassPhase
+from .pass_phase import PassPhase, shadowing
 from .planner_types import ChildRef, Event
 from .revision import SPEC_DIGEST, spec_digest
-from .rollout import Evidence, RolloutState, next_state, parse_time, shadowing, stamp
+from .rollout import Evidence, RolloutState, next_state, parse_time, stamp
 from .traffic import (
     build_grpc_route,
     build_http_route,
@@ -197,7 +197,7 @@ def plan_children(
     mirror = (
         shadow is not None
         and shadow.mirror == ShadowMirror.GATEWAY
-        and shadowing(md, state.analysis or {})
+        and shadowing(md, state.analysis)
     )
     route = build_http_route(md, state.canary, state.weight, mirror)
     if route is not None:
@@ -285,7 +285,7 @@ def _requeue_after(md: ModelDeployment, state: RolloutState, now: dt.datetime) -
     if state.canary is None and state.previous is None:
         return None
     interval = parse_duration(md.spec.rollout.analysis.interval)
-    last_run = parse_time((state.analysis or {}).get("lastRunAt"))
+    last_run = state.analysis.last_run_at if state.analysis else None
     waits = [interval - (now - last_run).total_seconds() if last_run else interval]
     started = parse_time(state.step_started_at)
     if started is not None:
@@ -353,13 +353,13 @@ def plan_status(
         step_text = f"step {(state.step or 0) + 1}/{len(md.spec.rollout.steps)}"
         progress = f"canary {state.canary} at {state.weight}% ({step_text})"
         shadow = md.spec.rollout.shadow
-        if shadow is not None and shadowing(md, state.analysis or {}):
+        if shadow is not None and shadowing(md, state.analysis):
             progress = (
                 f"canary {state.canary} shadows stable at 0% (copies of "
                 f"{shadow.fraction * 100:g}% of requests, compared with stable's answers) before "
                 f"{step_text}"
             )
-        if (state.analysis or {}).get("withoutStable"):
+        if state.analysis and state.analysis.without_stable:
             progress += (
                 f"; stable {state.stable} has no ready pod, so the canary is judged on its own "
                 "and promoted without steps once healthy"
@@ -398,11 +398,10 @@ def plan_status(
             ]
         conditions.append(_split_condition(md, state, stable_size))
     elif rejected:
-        record = state.last_rollback or {}
-        why = str(record.get("message", f"revision {desired} was rolled back"))
-        rejected_reason = next(
-            (r.get("reason") for r in state.rejected if r["revision"] == desired), None
-        )
+        record = state.last_rollback
+        message = record.message if record else None
+        why = message if message is not None else f"revision {desired} was rolled back"
+        rejected_reason = next((r.reason for r in state.rejected if r.revision == desired), None)
         # RollingBack while the rejected revision still has pods; Degraded once they are gone.
         draining = total_replicas(observed.deployment_for(desired)) > 0
         phase = Phase.ROLLING_BACK if draining else Phase.DEGRADED

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .actions import ABORT, ONE_SHOT, PROMOTE, RETRY, paused, requested, retry_token
 from .api import (
@@ -38,9 +38,18 @@ from .api import (
     ShadowMirror,
     parse_duration,
 )
-from .api.status import MAX_HISTORY, MAX_REJECTED
+from .api.status import (
+    MAX_HISTORY,
+    MAX_REJECTED,
+    ActionsStatus,
+    AnalysisStatus,
+    HistoryEntry,
+    RejectedRevision,
+    RollbackRecord,
+    StatusModel,
+)
 from .judge import Check
-from .pass_phase import PassPhase, PhaseKind, needed_gates, promoted_at
+from .pass_phase import PassPhase, PhaseKind, gates_passed, promoted_at, shadowing
 from .planner_types import Event
 
 GATE_CHECKS = ("modelMetadata", "smokeTests")
@@ -79,7 +88,9 @@ class Evidence:
 
 @dataclass
 class RolloutState:
-    """The rollout part of status after this pass, plus what the planner must do about it."""
+    """The rollout part of status after this pass, plus what the planner must do about it.
+
+    Its records are the models of `api.status`, turned into JSON only by `status_fields`."""
 
     stable: str
     canary: str | None = None
@@ -87,10 +98,10 @@ class RolloutState:
     weight: int = 0
     step: int | None = None
     step_started_at: str | None = None
-    analysis: dict[str, Any] | None = None
-    last_rollback: dict[str, Any] | None = None
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    analysis: AnalysisStatus | None = None
+    last_rollback: RollbackRecord | None = None
+    rejected: list[RejectedRevision] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
     stable_version: str | None = None
     canary_version: str | None = None
     failed: Check | None = None  # set when the canary failed this pass and policy is Pause
@@ -100,11 +111,13 @@ class RolloutState:
     held: Hold | None = None  # the canary waits for a person to fix something that is not its own
     canary_cause: str | None = None
     queued: Hold | None = None  # an operator-caused revision waiting for a rollout slot
-    actions: dict[str, str] = field(default_factory=dict)  # request annotations acted on
+    actions: ActionsStatus = field(default_factory=ActionsStatus)  # requests acted on
     # A failure that was not rolled back because the fallback has no ready pod: (reason, message).
     no_fallback: tuple[str, str] | None = None
 
     def status_fields(self) -> dict[str, Any]:
+        """The rollout part of the status document. A record holds the fields status had or this
+        pass set (an analysis started empty stays empty), never the models' other defaults."""
         return {
             "stableRevision": self.stable,
             "stableVersion": self.stable_version,
@@ -113,11 +126,11 @@ class RolloutState:
             "canaryCause": self.canary_cause if self.canary else None,
             "currentStep": self.step if self.canary else None,
             "stepStartedAt": self.step_started_at if self.canary else None,
-            "analysis": self.analysis,
-            "lastRollback": self.last_rollback,
-            "rejectedRevisions": self.rejected or None,
-            "history": self.history or None,
-            "actions": self.actions or None,
+            "analysis": _json(self.analysis),
+            "lastRollback": _json(self.last_rollback),
+            "rejectedRevisions": [_json(r) for r in self.rejected] or None,
+            "history": [_json(h) for h in self.history] or None,
+            "actions": _json(self.actions) or None,
         }
 
 
@@ -133,25 +146,27 @@ def parse_time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _dump(model: Any) -> Any:
-    if model is None:
+def _at(now: dt.datetime) -> dt.datetime:
+    """`now` as status keeps times: UTC, to the second (as `stamp` writes them)."""
+    return now.astimezone(dt.UTC).replace(microsecond=0)
+
+
+Record = TypeVar("Record", bound=StatusModel)
+
+
+def _copy(record: Record) -> Record:
+    """A copy of a status record this pass may change, with every field it read kept."""
+    return type(record).model_validate(record.model_dump())
+
+
+def _json(record: StatusModel | None) -> Any:
+    """The record as status holds it: camelCase, and only the fields read or set."""
+    if record is None:
         return None
-    if isinstance(model, list):
-        return [_dump(m) for m in model]
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return record.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
 
-def shadowing(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
-    """Whether the analysis being decided this pass has the canary shadowing stable: its shadow
-    phase started and it has had no live traffic yet."""
-    return (
-        md.spec.rollout.shadow is not None
-        and bool(analysis.get("shadowStartedAt"))
-        and not analysis.get("trafficStartedAt")
-    )
-
-
-def _history(state: RolloutState, entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _history(state: RolloutState, entry: HistoryEntry) -> list[HistoryEntry]:
     """Newest first, bounded: status.history never grows past MAX_HISTORY entries."""
     return [entry, *state.history][:MAX_HISTORY]
 
@@ -188,18 +203,18 @@ def _decide(
         canary=status.canary_revision,
         step=status.current_step,
         step_started_at=stamp(status.step_started_at) if status.step_started_at else None,
-        analysis=_dump(status.analysis),
-        last_rollback=_dump(status.last_rollback),
-        rejected=_dump(list(status.rejected_revisions)),
-        history=_dump(list(status.history)),
+        analysis=_copy(status.analysis) if status.analysis else None,
+        last_rollback=_copy(status.last_rollback) if status.last_rollback else None,
+        rejected=[_copy(r) for r in status.rejected_revisions],
+        history=[_copy(h) for h in status.history],
         stable_version=status.stable_version,
         canary_version=status.canary_version,
         canary_cause=status.canary_cause.value if status.canary_cause else None,
-        actions=_dump(status.actions) or {},
+        actions=_copy(status.actions) if status.actions else ActionsStatus(),
     )
     pending = {a: token for a in ONE_SHOT if (token := requested(md, a))}
     if RETRY in pending:
-        state.actions[RETRY] = pending.pop(RETRY)
+        state.actions.retry = pending.pop(RETRY)
         state.events.append(
             Event("Normal", "RetryRequested", "rejected revisions may be tried again")
         )
@@ -238,7 +253,9 @@ def _decide(
             state.canary, state.canary_version = desired, version
             state.canary_cause = phase.admission.cause
             state.step, state.step_started_at = 0, stamp(now)
-            state.analysis = {"consecutiveFailures": 0, "consecutiveInconclusive": 0, "checks": []}
+            state.analysis = AnalysisStatus(
+                consecutive_failures=0, consecutive_inconclusive=0, checks=[]
+            )
             state.events.append(
                 Event("Normal", "CanaryStarted", f"revision {desired} starts as a canary")
             )
@@ -259,11 +276,11 @@ def _act(
     """A person's promote or abort of the running canary (abort wins when both are asked)."""
     assert state.canary is not None
     if ABORT in pending:
-        state.actions[ABORT] = pending[ABORT]
+        state.actions.abort = pending[ABORT]
         message = f"aborted on request (annotation modeldeploy.io/abort={pending[ABORT]})"
         aborted = Check("userAbort", CheckOutcome.FAILED, message=message, hard=True)
         return _roll_back(md, state, aborted, now, started)
-    state.actions[PROMOTE] = pending[PROMOTE]
+    state.actions.promote = pending[PROMOTE]
     steps = md.spec.rollout.steps
     skipped = len(steps) - (state.step or 0) - 1
     note = f"on request, skipping {skipped} of {len(steps)} steps"
@@ -274,8 +291,8 @@ def _ignore(state: RolloutState, md: ModelDeployment) -> None:
     """Acknowledge promote/abort requests that find no canary, saying so."""
     for action in (ABORT, PROMOTE):
         token = requested(md, action)
-        if token and state.actions.get(action) != token and state.canary is None:
-            state.actions[action] = token
+        if token and getattr(state.actions, action) != token and state.canary is None:
+            setattr(state.actions, action, token)
             state.events.append(
                 Event("Normal", "RequestIgnored", f"{action}: there is no canary to {action}")
             )
@@ -288,18 +305,16 @@ def _entry(
     now: dt.datetime,
     message: str,
     started: dt.datetime | None = None,
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "revision": revision,
-        "outcome": outcome.value,
-        "finishedAt": stamp(now),
-        "message": message,
-    }
-    if md.status.canary_version and md.status.canary_revision == revision:
-        entry["version"] = md.status.canary_version
-    if started:
-        entry["startedAt"] = stamp(started)
-    return entry
+) -> HistoryEntry:
+    versioned = md.status.canary_version and md.status.canary_revision == revision
+    return HistoryEntry(
+        revision=revision,
+        version=md.status.canary_version if versioned else None,
+        outcome=outcome,
+        started_at=_at(started) if started else None,
+        finished_at=_at(now),
+        message=message,
+    )
 
 
 def _supersede(md: ModelDeployment, state: RolloutState, now: dt.datetime, why: str) -> None:
@@ -308,7 +323,7 @@ def _supersede(md: ModelDeployment, state: RolloutState, now: dt.datetime, why: 
     state.history = _history(state, _entry(md, state.canary, RolloutOutcome.SUPERSEDED, now, why))
 
 
-def _record(analysis: dict[str, Any], checks: list[Check], now: dt.datetime) -> CheckOutcome:
+def _record(analysis: AnalysisStatus, checks: list[Check], now: dt.datetime) -> CheckOutcome:
     """Fold this interval's checks into the counters; returns the interval's verdict."""
     if any(c.outcome == CheckOutcome.FAILED for c in checks):
         verdict = CheckOutcome.FAILED
@@ -316,33 +331,32 @@ def _record(analysis: dict[str, Any], checks: list[Check], now: dt.datetime) -> 
         verdict = CheckOutcome.INCONCLUSIVE
     else:
         verdict = CheckOutcome.PASSED
-    failures = analysis.get("consecutiveFailures", 0)
-    inconclusive = analysis.get("consecutiveInconclusive", 0)
-    analysis["consecutiveFailures"] = failures + 1 if verdict == CheckOutcome.FAILED else 0
-    analysis["consecutiveInconclusive"] = (
+    failures, inconclusive = analysis.consecutive_failures, analysis.consecutive_inconclusive
+    analysis.consecutive_failures = failures + 1 if verdict == CheckOutcome.FAILED else 0
+    analysis.consecutive_inconclusive = (
         inconclusive + 1 if verdict == CheckOutcome.INCONCLUSIVE else 0
     )
-    analysis["outcome"] = verdict.value
-    analysis["lastRunAt"] = stamp(now)
-    gates = [c for c in analysis.get("checks", []) if c["name"] in GATE_CHECKS]
-    analysis["checks"] = gates + [c.as_status() for c in checks if c.name not in GATE_CHECKS]
+    analysis.outcome = verdict
+    analysis.last_run_at = _at(now)
+    gates = [c for c in analysis.checks if c.name in GATE_CHECKS]
+    analysis.checks = gates + [c.as_result() for c in checks if c.name not in GATE_CHECKS]
     return verdict
 
 
 def _failure(md: ModelDeployment, state: RolloutState, evidence: Evidence) -> Check | None:
     """The check that fails the canary this pass, if any (hard failures first)."""
-    analysis = state.analysis or {}
+    analysis = state.analysis or AnalysisStatus()
     for check in [evidence.pods, *(evidence.gates or [])]:
         if check is not None and check.outcome == CheckOutcome.FAILED:
             return check
     spec = md.spec.rollout.analysis
     metric_checks = evidence.metrics or []
     failed = next((c for c in metric_checks if c.outcome == CheckOutcome.FAILED), None)
-    if failed is not None and analysis.get("consecutiveFailures", 0) >= spec.failure_threshold:
+    if failed is not None and analysis.consecutive_failures >= spec.failure_threshold:
         return failed
     inconclusive = next((c for c in metric_checks if c.outcome == CheckOutcome.INCONCLUSIVE), None)
     if inconclusive is not None:
-        count = analysis.get("consecutiveInconclusive", 0)
+        count = analysis.consecutive_inconclusive
         if spec.on_inconclusive == InconclusivePolicy.ROLLBACK and count >= spec.failure_threshold:
             return inconclusive
         if spec.on_inconclusive == InconclusivePolicy.HOLD and count >= spec.max_inconclusive:
@@ -358,12 +372,6 @@ def _failure(md: ModelDeployment, state: RolloutState, evidence: Evidence) -> Ch
     return None
 
 
-def _gates_ok(md: ModelDeployment, analysis: dict[str, Any]) -> bool:
-    """Whether the analysis being decided this pass has every model gate passed."""
-    passed = {c["name"] for c in analysis.get("checks", []) if c.get("outcome") == "Passed"}
-    return set(needed_gates(md)) <= passed
-
-
 def _advance(
     md: ModelDeployment,
     state: RolloutState,
@@ -373,23 +381,23 @@ def _advance(
     canary_created: dt.datetime | None,
 ) -> RolloutState:
     assert state.canary is not None
-    analysis = state.analysis if state.analysis is not None else {}
+    analysis = state.analysis if state.analysis is not None else AnalysisStatus()
     state.analysis = analysis
     if evidence.gates:
-        kept = [c for c in analysis.get("checks", []) if c["name"] not in GATE_CHECKS]
-        analysis["checks"] = [g.as_status() for g in evidence.gates] + kept
-    if not phase.gates_passed and _gates_ok(md, analysis):
+        kept = [c for c in analysis.checks if c.name not in GATE_CHECKS]
+        analysis.checks = [g.as_result() for g in evidence.gates] + kept
+    if not phase.gates_passed and gates_passed(md, analysis):
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
-    if _gates_ok(md, analysis) and not _started(analysis):
+    if gates_passed(md, analysis) and not _started(analysis):
         _after_gates(md, state, analysis, evidence, now)
     elif (
         md.spec.rollout.shadow is None
-        and analysis.get("shadowStartedAt")
-        and not analysis.get("trafficStartedAt")
+        and analysis.shadow_started_at is not None
+        and analysis.traffic_started_at is None
     ):
-        analysis["trafficStartedAt"] = stamp(now)  # the shadow was removed mid-phase
-    if not evidence.fallback_ready and not analysis.get("withoutStable"):
-        analysis["withoutStable"] = True
+        analysis.traffic_started_at = _at(now)  # the shadow was removed mid-phase
+    if not evidence.fallback_ready and not analysis.without_stable:
+        analysis.without_stable = True
         state.events.append(Event("Warning", "StableUnavailable", _alone_message(state)))
     verdict = None
     if evidence.metrics is not None:
@@ -398,10 +406,10 @@ def _advance(
     failed = _failure(md, state, evidence)
     steps = md.spec.rollout.steps
     step = state.step or 0
-    gates_ok = _gates_ok(md, analysis)
+    gates_ok = gates_passed(md, analysis)
     shadow_now = shadowing(md, analysis)
     # With a shadow phase asked for, no live traffic before it passed (or was skipped).
-    before_traffic = md.spec.rollout.shadow is not None and not analysis.get("trafficStartedAt")
+    before_traffic = md.spec.rollout.shadow is not None and analysis.traffic_started_at is None
     state.weight = steps[step] if gates_ok and not before_traffic else 0
     if failed is not None:
         if not evidence.fallback_ready:
@@ -450,14 +458,14 @@ def _advance(
     return state
 
 
-def _started(analysis: dict[str, Any]) -> bool:
-    return bool(analysis.get("trafficStartedAt") or analysis.get("shadowStartedAt"))
+def _started(analysis: AnalysisStatus) -> bool:
+    return analysis.traffic_started_at is not None or analysis.shadow_started_at is not None
 
 
 def _after_gates(
     md: ModelDeployment,
     state: RolloutState,
-    analysis: dict[str, Any],
+    analysis: AnalysisStatus,
     evidence: Evidence,
     now: dt.datetime,
 ) -> None:
@@ -467,10 +475,10 @@ def _after_gates(
     cannot answer yet."""
     shadow = md.spec.rollout.shadow
     if shadow is None or not evidence.fallback_ready:
-        analysis["trafficStartedAt"] = stamp(now)
+        analysis.traffic_started_at = _at(now)
         return
     if shadow.mirror == ShadowMirror.SERVER and not evidence.stable_mirrors:
-        analysis["trafficStartedAt"] = stamp(now)
+        analysis.traffic_started_at = _at(now)
         message = (
             f"stable {state.stable}'s pods do not carry the operator's credential (they were "
             f"started before spec.rollout.shadow was set, or the operator has none), so its "
@@ -481,7 +489,7 @@ def _after_gates(
         return
     if evidence.pods is None or evidence.pods.outcome != CheckOutcome.PASSED:
         return  # the phase starts with every canary pod Ready: there is nothing to mirror to
-    analysis["shadowStartedAt"] = stamp(now)
+    analysis.shadow_started_at = _at(now)
     message = (
         f"canary {state.canary} answers copies of {shadow.fraction * 100:g}% of stable's "
         f"requests for {shadow.duration}; no user sees its answers"
@@ -492,7 +500,7 @@ def _after_gates(
 def _shadow(
     md: ModelDeployment,
     state: RolloutState,
-    analysis: dict[str, Any],
+    analysis: AnalysisStatus,
     verdict: CheckOutcome | None,
     now: dt.datetime,
 ) -> RolloutState:
@@ -501,21 +509,18 @@ def _shadow(
     towards the duration, as at a step."""
     shadow = md.spec.rollout.shadow
     assert shadow is not None and state.canary is not None
-    started = parse_time(analysis.get("shadowStartedAt")) or now
+    started = analysis.shadow_started_at or now
     if verdict == CheckOutcome.INCONCLUSIVE:
         interval = dt.timedelta(seconds=parse_duration(md.spec.rollout.analysis.interval))
         started = min(started + interval, now)
-        analysis["shadowStartedAt"] = stamp(started)
+        analysis.shadow_started_at = _at(started)
     held = (now - started).total_seconds() >= parse_duration(shadow.duration)
     last_ok = (verdict or _last_verdict(analysis)) == CheckOutcome.PASSED
     if held and last_ok:
-        analysis["trafficStartedAt"] = stamp(now)
+        analysis.traffic_started_at = _at(now)
         state.step_started_at = stamp(now)
         state.weight = md.spec.rollout.steps[state.step or 0]
-        agreement = next(
-            (c.get("value") for c in analysis.get("checks", []) if c["name"] == SHADOW_AGREEMENT),
-            None,
-        )
+        agreement = next((c.value for c in analysis.checks if c.name == SHADOW_AGREEMENT), None)
         message = (
             f"canary {state.canary} passed its shadow phase ({shadow.duration}"
             + (f", last agreement {agreement}" if agreement else "")
@@ -567,9 +572,8 @@ def _fail_without_fallback(md: ModelDeployment, state: RolloutState, failed: Che
     return state
 
 
-def _last_verdict(analysis: dict[str, Any]) -> CheckOutcome | None:
-    outcome = analysis.get("outcome")
-    return CheckOutcome(outcome) if outcome else None
+def _last_verdict(analysis: AnalysisStatus) -> CheckOutcome | None:
+    return analysis.outcome
 
 
 def _promote(
@@ -626,30 +630,26 @@ def _roll_back(
     """
     assert state.canary is not None
     canary = state.canary
-    traffic = parse_time((state.analysis or {}).get("trafficStartedAt")) or traffic_started
-    window = md.spec.rollout.analysis.interval if failed.samples is not None else None
-    record = {
-        "revision": canary,
-        "version": state.canary_version,
-        "check": failed.name,
-        "observedValue": failed.value,
-        "threshold": failed.threshold,
-        "samples": failed.samples,
-        "window": window,
-        "timeToDetect": _seconds(now, traffic),
-        "timeSinceStart": _seconds(now, started),
-        "time": stamp(now),
-        "message": failed.message or f"{failed.name} {failed.value} broke {failed.threshold}",
-    }
-    state.last_rollback = {k: v for k, v in record.items() if v is not None}
-    message = str(state.last_rollback["message"])
-    rejected = [r for r in state.rejected if r["revision"] != canary]
-    entry = {
-        "revision": canary,
-        "retryToken": retry_token(md),
-        "rejectedAt": stamp(now),
-        "reason": _reason(failed),
-    }
+    analysis = state.analysis
+    traffic = (analysis.traffic_started_at if analysis else None) or traffic_started
+    message = failed.message or f"{failed.name} {failed.value} broke {failed.threshold}"
+    state.last_rollback = RollbackRecord(
+        revision=canary,
+        version=state.canary_version,
+        check=failed.name,
+        observed_value=failed.value,
+        threshold=failed.threshold,
+        samples=failed.samples,
+        window=md.spec.rollout.analysis.interval if failed.samples is not None else None,
+        time_to_detect=_seconds(now, traffic),
+        time_since_start=_seconds(now, started),
+        time=_at(now),
+        message=message,
+    )
+    rejected = [r for r in state.rejected if r.revision != canary]
+    entry = RejectedRevision(
+        revision=canary, retry_token=retry_token(md), rejected_at=_at(now), reason=_reason(failed)
+    )
     state.rejected = ([entry, *rejected])[:MAX_REJECTED]
     state.history = _history(
         state, _entry(md, canary, RolloutOutcome.ROLLED_BACK, now, message, started)
@@ -668,18 +668,14 @@ def _watch_window(
     the previous revision back at once, without steps."""
     if state.previous is None:
         return state
-    analysis = state.analysis if state.analysis is not None else {}
+    analysis = state.analysis if state.analysis is not None else AnalysisStatus()
     state.analysis = analysis
     if evidence.metrics is not None:
         _record(analysis, list(evidence.metrics), now)
     spec = md.spec.rollout.analysis
     failed = evidence.pods if evidence.pods and evidence.pods.outcome == "Failed" else None
     metric_failed = next((c for c in evidence.metrics or [] if c.outcome == "Failed"), None)
-    if (
-        failed is None
-        and metric_failed
-        and analysis["consecutiveFailures"] >= spec.failure_threshold
-    ):
+    if failed is None and metric_failed and analysis.consecutive_failures >= spec.failure_threshold:
         failed = metric_failed
     if failed is None:
         return state

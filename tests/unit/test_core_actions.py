@@ -19,8 +19,8 @@ def test_promote_skips_the_remaining_steps_once():
         md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY, metrics=PASS), at(5), T0
     )
     assert (state.stable, state.canary) == ("canary1", None)
-    assert state.actions == {"promote": "t1"}
-    assert "on request, skipping 2 of 3 steps" in state.history[0]["message"]
+    assert state.status_fields()["actions"] == {"promote": "t1"}
+    assert "on request, skipping 2 of 3 steps" in state.history[0].message
     assert [e.reason for e in state.events] == ["PromotedOnRequest"]
     # Acknowledged: the same value asks nothing more.
     done = md_with(
@@ -33,16 +33,16 @@ def test_abort_rolls_back_now_and_rejects_the_revision():
     md = md_with({"modeldeploy.io/abort": "t1", "modeldeploy.io/promote": "t1"}, canary_status())
     state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(pods=READY), at(5), T0)
     assert (state.stable, state.canary) == ("stable1", None)
-    assert state.last_rollback["check"] == "userAbort" and state.rejected[0]["reason"] == "Aborted"
+    assert state.last_rollback.check == "userAbort" and state.rejected[0].reason == "Aborted"
     # Abort wins; the promote asked at the same time then finds no canary, and says so.
-    assert state.actions == {"abort": "t1", "promote": "t1"}
+    assert state.status_fields()["actions"] == {"abort": "t1", "promote": "t1"}
     assert [e.reason for e in state.events] == ["RolledBack", "RequestIgnored"]
 
 
 def test_a_request_without_a_canary_is_acknowledged_and_said_to_do_nothing():
     md = md_with({"modeldeploy.io/promote": "t1"}, {"stableRevision": "stable1"})
     state = decide(md, "stable1", {"stable1"}, Evidence(), T0)
-    assert state.actions == {"promote": "t1"}
+    assert state.status_fields()["actions"] == {"promote": "t1"}
     assert [e.reason for e in state.events] == ["RequestIgnored"]
 
 
@@ -55,7 +55,7 @@ def test_retry_annotation_retries_a_rejected_revision_without_a_spec_change():
         {"modeldeploy.io/retry": "t1"}, {"stableRevision": "stable1", "rejectedRevisions": rejected}
     )
     state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(), T0)
-    assert state.canary == "canary1" and state.actions["retry"] == "t1"
+    assert state.canary == "canary1" and state.actions.retry == "t1"
     assert retry_token(md) == "/t1"
 
 

@@ -91,19 +91,19 @@ def test_the_last_step_promotes_and_keeps_the_old_revision_warm():
         canary_status(step=2, started=0), Evidence(pods=READY, metrics=PASS), at(61), rollout
     )
     assert (state.stable, state.canary, state.previous) == ("canary1", None, "stable1")
-    assert state.history[0]["outcome"] == "Promoted"
+    assert state.history[0].outcome == "Promoted"
 
 
 def test_one_failed_interval_below_the_threshold_does_not_roll_back():
     state = state_for(canary_status(), Evidence(pods=READY, metrics=FAIL), at(10))
-    assert state.canary == "canary1" and state.analysis["consecutiveFailures"] == 1
+    assert state.canary == "canary1" and state.analysis.consecutive_failures == 1
 
 
 def test_failure_threshold_consecutive_failures_roll_back_with_a_record():
     status = canary_status(consecutiveFailures=1, trafficStartedAt=stamp(at(5)))
     state = state_for(status, Evidence(pods=READY, metrics=FAIL), at(20))
     assert (state.stable, state.canary, state.weight) == ("stable1", None, 0)
-    record = state.last_rollback
+    record = state.status_fields()["lastRollback"]
     assert (record["check"], record["observedValue"], record["threshold"]) == (
         "errorRate",
         "30%",
@@ -114,8 +114,7 @@ def test_failure_threshold_consecutive_failures_roll_back_with_a_record():
     )
     assert record["timeSinceStart"] == "20s", "from the canary's creation, not its first traffic"
     assert (
-        state.rejected[0]["revision"] == "canary1"
-        and state.rejected[0]["reason"] == "ErrorRateTooHigh"
+        state.rejected[0].revision == "canary1" and state.rejected[0].reason == "ErrorRateTooHigh"
     )
     assert state.scaled_to_zero == "canary1"
     assert [e.reason for e in state.events] == ["RolledBack"]
@@ -126,18 +125,18 @@ def test_a_crash_loop_rolls_back_at_once():
         "podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", "no container failures", hard=True
     )
     state = state_for(canary_status(), Evidence(pods=crash), at(3))
-    assert state.canary is None and state.last_rollback["check"] == "podsHealthy"
+    assert state.canary is None and state.last_rollback.check == "podsHealthy"
 
 
 def test_low_traffic_under_hold_stops_the_step_clock_then_fails_at_the_cap():
     state = state_for(canary_status(started=0), Evidence(pods=READY, metrics=LOW), at(61))
     assert state.step == 0, "an inconclusive interval does not count towards the step"
-    assert state.analysis["consecutiveInconclusive"] == 1
+    assert state.analysis.consecutive_inconclusive == 1
     capped = state_for(
         canary_status(consecutiveInconclusive=2), Evidence(pods=READY, metrics=LOW), at(30)
     )
-    assert capped.canary is None and capped.last_rollback["check"] == "requests"
-    assert "maxInconclusive" in capped.last_rollback["message"]
+    assert capped.canary is None and capped.last_rollback.check == "requests"
+    assert "maxInconclusive" in capped.last_rollback.message
 
 
 def test_low_traffic_under_rollback_counts_as_failure():
@@ -171,13 +170,13 @@ def test_a_newer_revision_mid_canary_replaces_it_and_restarts_analysis():
         canary_status(step=1, consecutiveFailures=1), Evidence(), at(90), desired="canary2"
     )
     assert (state.canary, state.step, state.weight) == ("canary2", 0, 0)
-    assert state.analysis["consecutiveFailures"] == 0
-    assert state.history[0]["outcome"] == "Superseded" and state.history[0]["revision"] == "canary1"
+    assert state.analysis.consecutive_failures == 0
+    assert state.history[0].outcome == "Superseded" and state.history[0].revision == "canary1"
 
 
 def test_spec_back_to_stable_aborts_the_canary():
     state = state_for(canary_status(step=1), Evidence(), at(90), desired="stable1")
-    assert state.canary is None and state.history[0]["outcome"] == "Superseded"
+    assert state.canary is None and state.history[0].outcome == "Superseded"
 
 
 def test_paused_rollout_holds_its_weight():
@@ -208,7 +207,7 @@ def test_a_failure_in_the_rollback_window_restores_the_previous_revision(window_
     now = at(60 if window_left else 600)
     state = decide(md, "canary1", {"stable1", "canary1"}, Evidence(metrics=FAIL), now)
     if window_left:
-        assert state.stable == "stable1" and state.last_rollback["revision"] == "canary1"
+        assert state.stable == "stable1" and state.last_rollback.revision == "canary1"
     else:
         assert state.stable == "canary1" and state.previous is None
 
@@ -234,7 +233,7 @@ def test_a_held_canary_neither_advances_nor_fails_and_says_why_once():
 def test_a_hold_does_not_shield_a_crash_loop():
     crash = Check("podsHealthy", CheckOutcome.FAILED, "CrashLoopBackOff", hard=True)
     state = state_for(canary_status(), Evidence(pods=crash, hold=UNREACHABLE), at(5))
-    assert state.canary is None and state.last_rollback["check"] == "podsHealthy"
+    assert state.canary is None and state.last_rollback.check == "podsHealthy"
 
 
 def test_with_no_ready_stable_pod_a_healthy_canary_is_promoted_without_steps():
@@ -243,7 +242,7 @@ def test_with_no_ready_stable_pod_a_healthy_canary_is_promoted_without_steps():
     state = state_for(status, evidence, at(3))
     assert (state.stable, state.canary, state.previous) == ("canary1", None, None)
     assert [e.reason for e in state.events] == ["StableUnavailable", "RolledForward"]
-    assert "without steps" in state.history[0]["message"]
+    assert "without steps" in state.history[0].message
 
 
 def test_with_no_ready_stable_pod_a_canary_waits_for_its_own_pods():
@@ -252,7 +251,7 @@ def test_with_no_ready_stable_pod_a_canary_waits_for_its_own_pods():
         canary_status(gates=False), Evidence(pods=waiting, fallback_ready=False), at(3)
     )
     assert state.canary == "canary1" and state.stable == "stable1"
-    assert state.analysis["withoutStable"] is True
+    assert state.analysis.without_stable is True
 
 
 def test_a_failing_canary_is_not_rolled_back_to_a_stable_with_no_ready_pod():
@@ -304,3 +303,21 @@ def test_a_model_scaled_to_zero_takes_a_new_revision_without_a_canary():
     )
     state = decide(md, "canary1", {"stable1"}, Evidence(), T0)
     assert (state.stable, state.canary) == ("canary1", None)
+
+
+def test_the_records_status_had_are_written_back_as_they_were():
+    records = {
+        "lastRollback": {"revision": "old1", "check": "errorRate", "time": "2026-11-27T11:00:00Z"},
+        "rejectedRevisions": [
+            {"revision": "old1", "retryToken": "", "rejectedAt": "2026-11-27T11:00:00Z"}
+        ],
+        "history": [
+            {"revision": "stable1", "outcome": "Promoted", "finishedAt": "2026-11-27T10:00:00Z"}
+        ],
+        "actions": {"retry": "t0"},
+    }
+    status = {**canary_status(trafficStartedAt=stamp(at(0))), **records}
+    state = state_for(status, Evidence(pods=READY), at(5))
+    fields = state.status_fields()
+    assert {k: fields[k] for k in records} == records
+    assert fields["analysis"] == status["analysis"]

@@ -44,8 +44,8 @@ def shadow_status(started: float = 0, **analysis) -> dict:
 def test_passing_gates_start_the_shadow_phase_at_zero_percent():
     state = step(canary_status(gates=False), Evidence(pods=READY, gates=GATES_OK), 30)
     assert state.weight == 0 and state.step == 0
-    assert state.analysis["shadowStartedAt"] == stamp(at(30))
-    assert "trafficStartedAt" not in state.analysis
+    assert state.analysis.shadow_started_at == at(30)
+    assert state.analysis.traffic_started_at is None
     assert [e.reason for e in state.events] == ["ShadowStarted"]
     assert "20%" in state.events[0].message and wanted(state.status_fields()) == "canary1"
 
@@ -54,10 +54,10 @@ def test_without_gates_the_shadow_phase_waits_for_every_canary_pod_to_be_ready()
     rollout = {**SHADOW_ROLLOUT, "analysis": {**ROLLOUT["analysis"], "compareMetadata": False}}
     waiting = Check("podsReady", CheckOutcome.INCONCLUSIVE, "0/1")
     state = step(canary_status(gates=False), Evidence(pods=waiting), 5, rollout)
-    assert state.weight == 0 and not state.analysis.get("shadowStartedAt")
-    assert "trafficStartedAt" not in state.analysis and not state.events
+    assert state.weight == 0 and state.analysis.shadow_started_at is None
+    assert state.analysis.traffic_started_at is None and not state.events
     state = step(canary_status(gates=False), Evidence(pods=READY), 9, rollout)
-    assert state.weight == 0 and state.analysis["shadowStartedAt"] == stamp(at(9))
+    assert state.weight == 0 and state.analysis.shadow_started_at == at(9)
 
 
 def test_without_a_ready_stable_there_is_no_one_to_mirror_and_no_shadow_phase():
@@ -70,19 +70,19 @@ def test_without_a_ready_stable_there_is_no_one_to_mirror_and_no_shadow_phase():
 
 def test_without_shadow_the_gates_open_the_first_step_as_before():
     state = step(canary_status(gates=False), Evidence(pods=READY, gates=GATES_OK), 30, ROLLOUT)
-    assert state.weight == 10 and "shadowStartedAt" not in state.analysis
+    assert state.weight == 10 and state.analysis.shadow_started_at is None
 
 
 def test_the_shadow_phase_holds_zero_percent_until_its_duration_passed():
     state = step(shadow_status(started=0), Evidence(pods=READY, metrics=AGREE), 20)
     assert state.weight == 0 and state.step == 0 and not state.events
-    assert "trafficStartedAt" not in state.analysis
+    assert state.analysis.traffic_started_at is None
 
 
 def test_an_agreeing_shadow_opens_the_first_step_after_its_duration():
     state = step(shadow_status(started=0), Evidence(pods=READY, metrics=AGREE), 31)
     assert (state.step, state.weight) == (0, 10)
-    assert state.analysis["trafficStartedAt"] == stamp(at(31))
+    assert state.analysis.traffic_started_at == at(31)
     assert state.step_started_at == stamp(at(31))  # the first step's clock starts with traffic
     assert [e.reason for e in state.events] == ["ShadowPassed"]
     assert "100%" in state.events[0].message and wanted(state.status_fields()) is None
@@ -91,17 +91,17 @@ def test_an_agreeing_shadow_opens_the_first_step_after_its_duration():
 def test_inconclusive_shadow_intervals_do_not_count_towards_the_duration():
     state = step(shadow_status(started=0), Evidence(pods=READY, metrics=FEW), 31)
     assert state.weight == 0
-    assert state.analysis["shadowStartedAt"] == stamp(at(10))  # moved on by one interval
+    assert state.analysis.shadow_started_at == at(10)  # moved on by one interval
 
 
 def test_a_disagreeing_shadow_is_rejected_after_failure_threshold_intervals():
     first = step(shadow_status(started=0), Evidence(pods=READY, metrics=DISAGREE), 10)
-    assert first.canary == "canary1" and first.analysis["consecutiveFailures"] == 1
+    assert first.canary == "canary1" and first.analysis.consecutive_failures == 1
     state = step(
         shadow_status(started=0, consecutiveFailures=1), Evidence(pods=READY, metrics=DISAGREE), 20
     )
     assert state.canary is None and state.weight == 0
-    record = state.last_rollback
+    record = state.status_fields()["lastRollback"]
     assert record["check"] == "shadowAgreement"
     assert (record["observedValue"], record["threshold"], record["samples"]) == (
         "40%",
@@ -110,13 +110,13 @@ def test_a_disagreeing_shadow_is_rejected_after_failure_threshold_intervals():
     )
     assert "timeToDetect" not in record  # no user ever got an answer from it
     assert "before it served a user" in record["message"]
-    assert state.rejected[0]["reason"] == "ShadowDisagrees"
+    assert state.rejected[0].reason == "ShadowDisagrees"
     assert [e.reason for e in state.events] == ["RolledBack"]
 
 
 def test_a_shadow_removed_from_the_spec_mid_phase_lets_the_first_step_start():
     state = step(shadow_status(started=0), Evidence(pods=READY, metrics=PASS_METRICS), 5, ROLLOUT)
-    assert state.weight == 10 and state.analysis["trafficStartedAt"] == stamp(at(5))
+    assert state.weight == 10 and state.analysis.traffic_started_at == at(5)
 
 
 @pytest.mark.parametrize(
@@ -289,7 +289,7 @@ def test_a_stable_started_before_the_shadow_was_set_cannot_mirror_and_the_phase_
     evidence = Evidence(pods=READY, gates=GATES_OK, stable_mirrors=False)
     state = step(canary_status(gates=False), evidence, 30)
     # Straight to the first step, saying why, instead of a phase whose copies never come.
-    assert state.weight == 10 and "shadowStartedAt" not in state.analysis
+    assert state.weight == 10 and state.analysis.shadow_started_at is None
     assert [e.reason for e in state.events] == ["ShadowSkipped"]
     assert state.events[0].type == "Warning" and "stable1" in state.events[0].message
 
@@ -301,7 +301,7 @@ def test_the_gateway_mirror_needs_nothing_of_stables_servers():
     )
     evidence = Evidence(pods=READY, gates=GATES_OK, stable_mirrors=False)
     state = decide(md, "canary1", {"stable1", "canary1"}, evidence, at(30), T0)
-    assert state.weight == 0 and state.analysis["shadowStartedAt"] == stamp(at(30))
+    assert state.weight == 0 and state.analysis.shadow_started_at == at(30)
 
 
 @pytest.mark.parametrize(
