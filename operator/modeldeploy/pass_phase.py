@@ -11,11 +11,11 @@ Not to be confused with ``status.phase``, the one-word summary written for peopl
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .actions import retry_token
+from .actions import ONE_SHOT, paused, requested, retry_token
 from .api import CheckOutcome, ModelDeployment, RolloutOutcome, parse_duration
 from .api.status import AnalysisStatus
 
@@ -68,6 +68,8 @@ class PassPhase:
     (None otherwise); evidence about it is gathered whenever it is set, as status says it runs.
     `watched`: the revision that stays stable this pass when it was promoted less than
     rollbackWindow ago, so its checks go on; `previous`: the revision kept warm for it meanwhile.
+    `requests`: a person's one-shot requests not acted on yet (action → token); `paused`: by the
+    spec or by the annotation.
     """
 
     kind: PhaseKind
@@ -79,6 +81,8 @@ class PassPhase:
     watched: str | None = None
     previous: str | None = None
     admission: Admission = field(default_factory=Admission)
+    requests: Mapping[str, str] = field(default_factory=dict)
+    paused: bool = False
 
 
 def phase_of(
@@ -124,6 +128,8 @@ def phase_of(
         watched=watched,
         previous=previous_revision(md, watched, existing) if watched else None,
         admission=admission,
+        requests={a: token for a in ONE_SHOT if (token := requested(md, a))},
+        paused=paused(md),
     )
 
 

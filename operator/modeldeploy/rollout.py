@@ -28,7 +28,7 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from .actions import ABORT, ONE_SHOT, PROMOTE, RETRY, paused, requested, retry_token
+from .actions import ABORT, PROMOTE, RETRY, retry_token
 from .api import (
     CheckOutcome,
     FailurePolicy,
@@ -185,7 +185,7 @@ def next_state(
     progressDeadline and time to detect).
     """
     state = _decide(md, phase, evidence, now, canary_created)
-    _ignore(state, md)
+    _ignore(state, phase)
     return state
 
 
@@ -212,7 +212,7 @@ def _decide(
         canary_cause=status.canary_cause.value if status.canary_cause else None,
         actions=_copy(status.actions) if status.actions else ActionsStatus(),
     )
-    pending = {a: token for a in ONE_SHOT if (token := requested(md, a))}
+    pending = dict(phase.requests)
     if RETRY in pending:
         state.actions.retry = pending.pop(RETRY)
         state.events.append(
@@ -287,10 +287,10 @@ def _act(
     return _promote(md, state, now, started, note=note)
 
 
-def _ignore(state: RolloutState, md: ModelDeployment) -> None:
+def _ignore(state: RolloutState, phase: PassPhase) -> None:
     """Acknowledge promote/abort requests that find no canary, saying so."""
     for action in (ABORT, PROMOTE):
-        token = requested(md, action)
+        token = phase.requests.get(action)
         if token and getattr(state.actions, action) != token and state.canary is None:
             setattr(state.actions, action, token)
             state.events.append(
@@ -427,7 +427,7 @@ def _advance(
     if gates_ok and pods_ready and not evidence.fallback_ready:
         return _promote(md, state, now, canary_created, rolled_forward=True)
     was_paused = _condition_reason(md, "Progressing") == "Paused"
-    if paused(md):
+    if phase.paused:
         state.paused = True
         if not was_paused:
             message = f"canary {state.canary} held at {state.weight}% by {_pauser(md)}"

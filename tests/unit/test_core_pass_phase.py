@@ -163,3 +163,11 @@ def test_gates_passed_counts_only_the_gates_the_spec_asks_for():
     with_smoke = make_md({"rollout": smoke}, status=canary())
     assert phase_of(metadata_only, "canary1", BOTH, T0).gates_passed
     assert not phase_of(with_smoke, "canary1", BOTH, T0).gates_passed
+
+
+def test_a_persons_requests_not_yet_acted_on_and_a_pause_are_read_once():
+    annotations = {"modeldeploy.io/promote": "t2", "modeldeploy.io/abort": "t1"}
+    status = {**canary(), "actions": {"abort": "t1"}}
+    md = make_md({"rollout": {**ROLLOUT, "paused": True}}, status=status, annotations=annotations)
+    phase = phase_of(md, "canary1", BOTH, T0)
+    assert dict(phase.requests) == {"promote": "t2"} and phase.paused
