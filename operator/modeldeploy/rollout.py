@@ -386,9 +386,10 @@ def _advance(
     if evidence.gates:
         kept = [c for c in analysis.checks if c.name not in GATE_CHECKS]
         analysis.checks = [g.as_result() for g in evidence.gates] + kept
-    if not phase.gates_passed and gates_passed(md, analysis):
+    gates_ok = gates_passed(md, analysis)  # this pass's gates in; later checks leave them be
+    if not phase.gates_passed and gates_ok:
         state.step_started_at = stamp(now)  # the first step's clock starts with its traffic
-    if gates_passed(md, analysis) and not _started(analysis):
+    if gates_ok and not _started(analysis):
         _after_gates(md, state, analysis, evidence, now)
     elif (
         md.spec.rollout.shadow is None
@@ -406,7 +407,6 @@ def _advance(
     failed = _failure(md, state, evidence)
     steps = md.spec.rollout.steps
     step = state.step or 0
-    gates_ok = gates_passed(md, analysis)
     shadow_now = shadowing(md, analysis)
     # With a shadow phase asked for, no live traffic before it passed (or was skipped).
     before_traffic = md.spec.rollout.shadow is not None and analysis.traffic_started_at is None
