@@ -89,8 +89,13 @@ def status_after_apply(
         f"the API server does not serve {', '.join(applied.unserved)}; "
         "install its CRDs (the gateway-api router needs the Gateway API)",
     )
+    # Merged against the stored conditions, not the planned ones (whose Stalled is False): a kind
+    # still unserved keeps Stalled's transition time, so the status is not rewritten each pass.
+    stored = [
+        c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in md.status.conditions
+    ]
     conditions = merge_conditions(
-        planned.get("conditions"),
+        stored,
         [*kept, stalled],
         now=stamp(now),
         generation=md.metadata.generation,

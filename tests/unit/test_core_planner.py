@@ -364,3 +364,20 @@ def test_a_kind_the_api_server_does_not_serve_stalls_with_what_to_install():
     assert {k: v for k, v in status.items() if k != "conditions"} == {
         k: v for k, v in planned.items() if k != "conditions"
     }
+
+
+def test_a_kind_still_not_served_next_pass_writes_the_same_status():
+    """The Stalled condition keeps its transition time while the kind stays unserved: before, it
+    was merged against the planned Stalled=False and restamped every pass, so each pass wrote
+    status, whose watch event ran the next pass — a write loop for as long as the CRDs were
+    missing."""
+    route = ("gateway.networking.k8s.io/v1 HTTPRoute",)
+    md = make_md({"scaling": {"replicas": 2}})
+    first = status_after_apply(
+        md, plan_pass(md, Observed(), NOW, CONFIG).status, Applied(route), NOW
+    )
+    later = NOW + dt.timedelta(seconds=30)
+    stored = make_md({"scaling": {"replicas": 2}}, status=first)
+    planned = plan_pass(stored, Observed(), later, CONFIG).status
+    again = status_after_apply(stored, planned, Applied(route), later)
+    assert again["conditions"] == first["conditions"]
