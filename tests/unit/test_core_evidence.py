@@ -85,3 +85,32 @@ def test_forgetting_while_other_passes_record_scrapes_never_fails_a_pass():
         stop.set()
         writer.join()
     assert errors == []
+
+
+def test_phases_recorded_and_forgotten_on_many_threads_count_every_model_once():
+    """Each worker records its model's phase, and the watch thread forgets deleted ones, into one
+    shared map that every record then counts: with a plain dict, a record iterating it while
+    another inserted failed with "dictionary changed size during iteration"."""
+    from modeldeploy.api.status import Phase
+    from modeldeploy.config import OperatorConfig
+    from modeldeploy.runtime import Runtime
+
+    runtime, errors = Runtime(OperatorConfig()), []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(2000):
+                runtime.record_phase(("ml", f"w{n}-m{i}"), Phase.READY.value)
+                if i % 2:
+                    runtime.record_phase(("ml", f"w{n}-m{i}"), None)  # deleted
+        except RuntimeError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    ready = runtime.metrics.by_phase.labels(phase=Phase.READY.value)._value.get()
+    assert ready == 4 * 1000  # the even-numbered models of each worker are left
