@@ -293,13 +293,16 @@ class RealNode:
         try:
             self._record_host_state()
             self._network()
+            # kube-proxy first: it waits 30 s for the node to have addresses, which it never gets
+            # (the kubelet refuses a loopback node IP), so that wait overlaps the rest of the start
+            proxy = self._start_kube_proxy()
             self._start_containerd(timeout)
             self.timings["containerd"] = time.monotonic() - t0
             self._import_images()
             self.timings["images_imported"] = time.monotonic() - t0
             self._start_kubelet(timeout)
             self.timings["node_ready"] = time.monotonic() - t0
-            self._start_kube_proxy(timeout)
+            self._wait_kube_proxy(proxy, timeout)
             self._apiserver_for_pods(timeout)
             self.timings["ready"] = time.monotonic() - t0
         except BaseException:
@@ -530,7 +533,15 @@ state = '{d / "state"}'
         wait_until(ready, timeout, f"node {NODE_NAME} Ready", process)
 
     # ------------------------------------------------------------------------- kube-proxy
-    def _start_kube_proxy(self, timeout: float) -> None:
+    def _start_kube_proxy(self) -> ManagedProcess:
+        """Start kube-proxy; `_wait_kube_proxy` waits for it.
+
+        Before its first sync kube-proxy waits up to 30 s for this node to exist and have
+        addresses (pkg/proxy/node.go), then goes on without them. Ours never has any: the kubelet
+        runs with --node-ip=127.0.0.1 (everything stays on loopback) and refuses to publish a
+        loopback address ("nodeIP can't be loopback address"). Started before containerd, the
+        wait runs while the images are imported and the kubelet registers.
+        """
         d = self.directory / "kube-proxy"
         d.mkdir()
         config = {
@@ -553,9 +564,11 @@ state = '{d / "state"}'
                           "tcpCloseWaitTimeout": "0s"},
         }  # fmt: skip
         (d / "config.yaml").write_text(yaml.safe_dump(config))
-        process = self._spawn(
+        return self._spawn(
             "kube-proxy", [str(self.bin / "kube-proxy"), f"--config={d / 'config.yaml'}", "--v=1"]
         )
+
+    def _wait_kube_proxy(self, process: ManagedProcess, timeout: float) -> None:
         url = f"http://127.0.0.1:{self.proxy_healthz}/healthz"
 
         def healthy() -> bool:
