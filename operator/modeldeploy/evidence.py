@@ -56,7 +56,7 @@ from .judge import (
 )
 from .naming import OWNER
 from .observed import Observed, pod_ready, ready_since
-from .pass_phase import CanaryStage, PassPhase, needed_gates
+from .pass_phase import CanaryStage, Judged, PassPhase, needed_gates
 from .rollout import Evidence, Hold
 
 log = logging.getLogger("modeldeploy.evidence")
@@ -569,16 +569,18 @@ def gather(
     smoke: SmokeInputs | None = None,
     tokens: tuple[str, ...] = (),
 ) -> Evidence:
-    """The evidence `phase` needs: about the canary status names, at its stage; else, while a
-    promoted revision is watched in its rollback window, about that one; else none."""
+    """The evidence `phase` needs (`PassPhase.judged`): about the canary status names, at its
+    stage; or about the promoted revision watched in its rollback window; else none."""
     forget_gone_pods(snapshots, observed)
     stable = phase.stable
     if stable is None:
         return Evidence()
-    if phase.canary is not None:
-        return _canary_evidence(md, observed, phase, stable, now, snapshots, smoke, tokens)
-    if phase.watched is not None:
-        return _window_evidence(md, observed, phase, phase.watched, now, snapshots, tokens)
+    match phase.judged:
+        case Judged.CANARY:
+            return _canary_evidence(md, observed, phase, stable, now, snapshots, smoke, tokens)
+        case Judged.WINDOW:
+            assert phase.watched is not None
+            return _window_evidence(md, observed, phase, phase.watched, now, snapshots, tokens)
     return Evidence()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .actions import ONE_SHOT, paused, requested, retry_token
+from .actions import ABORT, ONE_SHOT, PROMOTE, paused, requested, retry_token
 from .api import CheckOutcome, ModelDeployment, RolloutOutcome, parse_duration
 from .api.status import AnalysisStatus
 
@@ -59,6 +59,15 @@ class CanaryStage(StrEnum):
     TRAFFIC = "Traffic"  # it serves live traffic at its step
 
 
+class Judged(StrEnum):
+    """What this pass gathers evidence about: exactly what its decision reads, and no more (the
+    evidence is I/O on the pods and Prometheus, each call bounded by a timeout)."""
+
+    NOTHING = "Nothing"
+    CANARY = "Canary"  # the running canary, at its stage
+    WINDOW = "Window"  # the promoted revision still in its rollback window
+
+
 @dataclass(frozen=True)
 class PassPhase:
     """The rollout as this pass finds it.
@@ -83,6 +92,23 @@ class PassPhase:
     admission: Admission = field(default_factory=Admission)
     requests: Mapping[str, str] = field(default_factory=dict)
     paused: bool = False
+
+    @property
+    def decided_by_request(self) -> bool:
+        """A person asked to promote or abort the running canary: this pass carries it out
+        whatever the canary's checks would say."""
+        return self.kind is PhaseKind.CANARY and bool({ABORT, PROMOTE} & set(self.requests))
+
+    @property
+    def judged(self) -> Judged:
+        """The canary while it runs on its own checks; else, when stable stays and was promoted
+        less than rollbackWindow ago, that revision; else nothing (a new canary starting, a
+        rejected or first revision, a request carried out)."""
+        if self.kind is PhaseKind.CANARY and self.canary is not None:
+            return Judged.NOTHING if self.decided_by_request else Judged.CANARY
+        if self.watched is not None and self.kind in (PhaseKind.STABLE, PhaseKind.QUEUED):
+            return Judged.WINDOW
+        return Judged.NOTHING
 
 
 def phase_of(

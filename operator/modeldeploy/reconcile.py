@@ -34,7 +34,7 @@ from .informer import ChildCache
 from .kube import Kube
 from .naming import owned_selector
 from .observed import Observed
-from .pass_phase import OPERATOR_CAUSE, SPEC_CAUSE, Admission, CanaryStage, phase_of
+from .pass_phase import OPERATOR_CAUSE, SPEC_CAUSE, Admission, CanaryStage, Judged, phase_of
 from .planner import Applied, ChildRef, Event, Plan, plan, status_after_apply, timestamp
 from .revision import revision_of, rollout_cause
 from .rollout import Hold
@@ -297,7 +297,7 @@ def reconcile(
     desired = revision_of(md, resolve_image(md, config), config.operator_token_sha256)
     admission = admit(md, observed, desired, context.slots)
     phase = phase_of(md, desired, observed.revisions(), now, admission)
-    gating = phase.canary is CanaryStage.GATES
+    gating = phase.judged is Judged.CANARY and phase.canary is CanaryStage.GATES
     inputs = smoke_inputs(kube, md) if gating else SmokeInputs()
     evidence = gather(md, observed, phase, now, context.snapshots, inputs, context.tokens)
     result = plan(md, observed, now, config, phase, evidence)

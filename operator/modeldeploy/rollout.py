@@ -261,7 +261,7 @@ def _decide(
             )
             return state
         case PhaseKind.CANARY:
-            if pending:
+            if phase.decided_by_request:
                 return _act(md, state, pending, now, canary_created)
             return _advance(md, state, phase, evidence, now, canary_created)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import pytest
 from modeldeploy.evidence import PodSample, Snapshots, _delta, forget_gone_pods, parse_pod_metrics
 from modeldeploy.observed import Observed
+from modeldeploy.rollout import Evidence
 
 TEXT = """
 # TYPE modelserver_requests_total counter
@@ -114,3 +117,71 @@ def test_phases_recorded_and_forgotten_on_many_threads_count_every_model_once():
     assert errors == []
     ready = runtime.metrics.by_phase.labels(phase=Phase.READY.value)._value.get()
     assert ready == 4 * 1000  # the even-numbered models of each worker are left
+
+
+# ------------------------------------------- what a pass gathers is what its decision reads
+def _serving_counter() -> tuple[Any, list[str]]:
+    """A real HTTP server on 127.0.0.1 standing in for a model pod: it answers 503 to everything
+    and records each path asked, so a test sees whether a pass reached the pod at all."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, asked
+
+
+def _canary_at_its_gates(port: int, annotations: dict[str, str]) -> tuple[Any, Observed]:
+    """Stable r1 and canary r2 with one Ready pod each (both served on `port`), gates not run."""
+    from core_fixtures import make_md
+
+    status = {"stableRevision": "r1", "canaryRevision": "r2", "currentStep": 0,
+              "stepStartedAt": "2026-11-27T10:00:00Z"}  # fmt: skip
+    md = make_md({"serving": {"port": port}}, status, annotations=annotations)
+    pods = []
+    for revision in ("r1", "r2"):
+        labels = {"modeldeploy.io/name": "fraud", "modeldeploy.io/revision": revision}
+        pods.append({
+            "metadata": {"name": f"fraud-{revision}", "namespace": "ml", "labels": labels},
+            "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True",
+                                                             "lastTransitionTime": "2026-11-27T10:00:00Z"}]},
+        })  # fmt: skip
+    return md, Observed(pods=pods)
+
+
+@pytest.mark.parametrize("action", ["abort", "promote"])
+def test_a_pending_abort_or_promote_is_carried_out_without_asking_the_pods(action: str) -> None:
+    """The pass acts on the person's request whatever the checks would say, so it asks no pod
+    anything: an abort of a canary whose pods hang is not held up by their timeouts."""
+    import datetime as dt
+
+    from modeldeploy.evidence import gather
+    from modeldeploy.pass_phase import phase_of
+
+    server, asked = _serving_counter()
+    now = dt.datetime(2026, 11, 27, 10, 5, tzinfo=dt.UTC)
+    try:
+        for annotations, reaches_pods in (({}, True), ({f"modeldeploy.io/{action}": "t1"}, False)):
+            md, observed = _canary_at_its_gates(server.server_address[1], annotations)
+            phase = phase_of(md, "r2", {"r1", "r2"}, now)
+            asked.clear()
+            evidence = gather(md, observed, phase, now, Snapshots())
+            assert bool(asked) is reaches_pods, (annotations, asked)
+            if not reaches_pods:
+                assert evidence == Evidence(), evidence
+    finally:
+        server.shutdown()

@@ -10,6 +10,8 @@ from modeldeploy.pass_phase import (
     OPERATOR_CAUSE,
     Admission,
     CanaryStage,
+    Judged,
+    PassPhase,
     PhaseKind,
     phase_of,
 )
@@ -171,3 +173,26 @@ def test_a_persons_requests_not_yet_acted_on_and_a_pause_are_read_once():
     md = make_md({"rollout": {**ROLLOUT, "paused": True}}, status=status, annotations=annotations)
     phase = phase_of(md, "canary1", BOTH, T0)
     assert dict(phase.requests) == {"promote": "t2"} and phase.paused
+
+
+# ------------------------------------------------------------- what the pass gathers evidence on
+@pytest.mark.parametrize(
+    ("kind", "canary", "watched", "requests", "judged"),
+    [
+        (PhaseKind.CANARY, CanaryStage.TRAFFIC, None, {}, Judged.CANARY),
+        (PhaseKind.CANARY, CanaryStage.GATES, "r1", {}, Judged.CANARY),  # the canary, not r1
+        (PhaseKind.CANARY, CanaryStage.TRAFFIC, None, {"abort": "t"}, Judged.NOTHING),
+        (PhaseKind.CANARY, CanaryStage.SHADOW, None, {"promote": "t"}, Judged.NOTHING),
+        (PhaseKind.CANARY, CanaryStage.TRAFFIC, None, {"retry": "t"}, Judged.CANARY),
+        (PhaseKind.STABLE, None, "r1", {}, Judged.WINDOW),
+        (PhaseKind.QUEUED, None, "r1", {}, Judged.WINDOW),
+        (PhaseKind.STABLE, None, None, {}, Judged.NOTHING),
+        (PhaseKind.NEW_CANARY, None, "r1", {}, Judged.NOTHING),  # the new canary starts first
+        (PhaseKind.FIRST_DEPLOY, None, None, {}, Judged.NOTHING),
+    ],
+)
+def test_a_pass_gathers_evidence_only_on_what_its_decision_reads(
+    kind: PhaseKind, canary: CanaryStage | None, watched: str | None, requests: dict, judged: Judged
+) -> None:
+    phase = PassPhase(kind, "r2", "r1", canary=canary, watched=watched, requests=requests)
+    assert phase.judged is judged
