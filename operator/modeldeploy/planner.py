@@ -207,7 +207,7 @@ def plan_children(
     route = build_http_route(md, state.canary, state.weight, mirror)
     if route is not None:
         objects.append(route)
-    grpc_route = build_grpc_route(md, state.canary, state.weight)
+    grpc_route = build_grpc_route(md, state.canary, state.weight, mirror)
     if grpc_route is not None:
         objects.append(grpc_route)
     hpa = build_hpa(md, deployment_name(name, state.stable))

@@ -135,48 +135,66 @@ def _route(md: ModelDeployment, kind: str, rule: dict[str, Any]) -> dict[str, An
     }
 
 
+def _mirror_filters(md: ModelDeployment, canary: str | None, port: int) -> list[dict[str, Any]]:
+    """The rule's filters while the gateway mirrors (rollout.shadow.mirror Gateway): a
+    RequestMirror copying shadow.fraction of the requests to the canary's Service on `port`; the
+    gateway discards the copies' answers. One builder for both routes, so REST and gRPC callers
+    are copied alike. Empty without a canary or a shadow."""
+    shadow = md.spec.rollout.shadow
+    if canary is None or shadow is None:
+        return []
+    assert md.metadata.name is not None
+    return [
+        {
+            "type": "RequestMirror",
+            "requestMirror": {
+                "backendRef": {"name": role_service_name(md.metadata.name, "canary"), "port": port},
+                # Gateway API v1.2+; per ten thousand, so 0.1% is still exact.
+                "fraction": {
+                    "numerator": max(1, round(shadow.fraction * 10000)),
+                    "denominator": 10000,
+                },
+            },
+        }
+    ]
+
+
+def _rule(
+    md: ModelDeployment, canary: str | None, weight: int, port: int, mirror: bool
+) -> dict[str, Any]:
+    """One route rule: the weighted backends on `port`, and the mirror while shadowing."""
+    rule: dict[str, Any] = {"backendRefs": _weighted_backends(md, canary, weight, port)}
+    filters = _mirror_filters(md, canary, port) if mirror else []
+    if filters:
+        rule["filters"] = filters
+    return rule
+
+
 def build_http_route(
     md: ModelDeployment, canary: str | None, weight: int, mirror: bool = False
 ) -> dict[str, Any] | None:
     """HTTPRoute with exact weights, for the gateway-api router (None for the replica router).
 
-    `mirror`: the canary shadows stable through the gateway (rollout.shadow.mirror Gateway): a
-    RequestMirror filter copies shadow.fraction of the requests to the canary's Service; the
-    gateway discards the copies' answers.
+    `mirror`: the canary shadows stable through the gateway (rollout.shadow.mirror Gateway), so
+    the rule copies shadow.fraction of the requests to the canary's Service (`_mirror_filters`).
     """
     if md.spec.traffic.router != Router.GATEWAY_API or md.spec.traffic.gateway is None:
         return None
-    assert md.metadata.name is not None
-    rule: dict[str, Any] = {"backendRefs": _weighted_backends(md, canary, weight, SERVICE_PORT)}
-    shadow = md.spec.rollout.shadow
-    if mirror and canary is not None and shadow is not None:
-        rule["filters"] = [
-            {
-                "type": "RequestMirror",
-                "requestMirror": {
-                    "backendRef": {
-                        "name": role_service_name(md.metadata.name, "canary"),
-                        "port": SERVICE_PORT,
-                    },
-                    # Gateway API v1.2+; per ten thousand, so 0.1% is still exact.
-                    "fraction": {
-                        "numerator": max(1, round(shadow.fraction * 10000)),
-                        "denominator": 10000,
-                    },
-                },
-            }
-        ]
-    return _route(md, "HTTPRoute", rule)
+    return _route(md, "HTTPRoute", _rule(md, canary, weight, SERVICE_PORT, mirror))
 
 
-def build_grpc_route(md: ModelDeployment, canary: str | None, weight: int) -> dict[str, Any] | None:
+def build_grpc_route(
+    md: ModelDeployment, canary: str | None, weight: int, mirror: bool = False
+) -> dict[str, Any] | None:
     """GRPCRoute with the same weights as the HTTPRoute, to the Services' `grpc` port: with the
     gateway-api router and gRPC on, gRPC calls through the gateway follow the canary's steps
     (per call, not per connection as with the replica router). Same name, parents and hostnames
-    as the HTTPRoute; None otherwise. A shadow phase mirrors REST only."""
+    as the HTTPRoute; None otherwise. `mirror` as for the HTTPRoute: a gateway shadow phase
+    copies the same fraction of gRPC calls to the canary's `grpc` port, so the canary is judged
+    on both protocols before it serves either."""
     port = grpc_port(md)
     if port is None or md.spec.traffic.router != Router.GATEWAY_API:
         return None
     if md.spec.traffic.gateway is None:
         return None
-    return _route(md, "GRPCRoute", {"backendRefs": _weighted_backends(md, canary, weight, port)})
+    return _route(md, "GRPCRoute", _rule(md, canary, weight, port, mirror))

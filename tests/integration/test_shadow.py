@@ -184,28 +184,31 @@ def test_an_agreeing_shadow_goes_on_to_the_canary_steps(
 
 
 @pytest.mark.usefixtures("gateway_api")
-def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
+def test_with_the_gateway_router_both_routes_mirror_while_shadowing(
     cluster, namespace, operator, pod_runner, traffic, model_uris
 ):
     rollout = {**SHADOW_ROLLOUT, "shadow": {**SHADOW_ROLLOUT["shadow"], "mirror": "Gateway",
                                             "fraction": 0.25}}  # fmt: skip
     gateway = {"router": "gateway-api", "gateway": {"parentRefs": [{"name": "public"}]}}
-    first = body(model_uris["v1"], rollout, version="v1")
+    grpc = {"grpc": {"enabled": True}}  # and a GRPCRoute, mirrored like the HTTPRoute
+    first = body(model_uris["v1"], rollout, grpc, version="v1")
     first["spec"]["traffic"] = gateway
     apply(cluster, namespace, first)
     old = wait_stable(cluster, namespace)
-    second = body(model_uris["v1"], rollout, version="v1-rebuilt")
+    second = body(model_uris["v1"], rollout, grpc, version="v1-rebuilt")
     second["spec"]["traffic"] = gateway
     apply(cluster, namespace, second)
     watch = Watch(cluster, namespace)
-    filters: list[list[dict]] = []
+    filters: dict[str, list[list[dict]]] = {"HTTPRoute": [], "GRPCRoute": []}
     checks: set[str] = set()
     server_mirrors: list[dict[str, float]] = []
 
     def promoted() -> bool:
         s = watch.look()
-        rule = kget(cluster, "httproute", "fraud", "-n", namespace)["spec"]["rules"][0]
-        filters.append(rule.get("filters", []))
+        # Both routes in one call, as in test_canary: a second call per loop is time in which
+        # the short shadow phase could come and go unseen.
+        for route in kget(cluster, "httproute,grpcroute", "fraud", "-n", namespace)["items"]:
+            filters[route["kind"]].append(route["spec"]["rules"][0].get("filters", []))
         analysis = s.get("analysis") or {}
         checks.update(c["name"] for c in analysis.get("checks", []))
         if analysis.get("shadowStartedAt") and not analysis.get("trafficStartedAt"):
@@ -213,16 +216,21 @@ def test_with_the_gateway_router_the_http_route_mirrors_while_shadowing(
         return s.get("stableRevision") not in (None, old) and s.get("phase") == "Ready"
 
     wait_showing_status(cluster, namespace, promoted, 120, "promoted after a gateway shadow")
-    mirror = {
-        "type": "RequestMirror",
-        "requestMirror": {
-            "backendRef": {"group": "", "kind": "Service", "name": "fraud-canary", "port": 80},
-            "fraction": {"numerator": 2500, "denominator": 10000},
-        },
-    }
-    # Accepted by the real API server with the Gateway API CRDs, while the canary shadowed.
-    assert any(f == [mirror] for f in filters), filters
-    assert filters[-1] == []  # gone once live traffic moved
+
+    def mirror(port: int) -> dict:
+        backend = {"group": "", "kind": "Service", "name": "fraud-canary", "port": port}
+        fraction = {"numerator": 2500, "denominator": 10000}
+        return {
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": backend, "fraction": fraction},
+        }
+
+    # Accepted by the real API server with the Gateway API CRDs, while the canary shadowed: REST
+    # to the Services' port 80, gRPC to their grpc port (9000), the same share of each.
+    for kind, port in (("HTTPRoute", 80), ("GRPCRoute", 9000)):
+        seen = filters[kind]
+        assert any(f == [mirror(port)] for f in seen), (kind, seen)
+        assert seen[-1] == [], (kind, seen)  # gone once live traffic moved
     assert watch.shadowed and [w for w in watch.weights if w] == [25, 50, 100], watch.weights
     # Judged on its own over the copies: no agreement, and stable's servers never mirrored.
     assert "shadowErrorRate" in checks and "shadowAgreement" not in checks, checks

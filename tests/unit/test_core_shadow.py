@@ -271,6 +271,49 @@ def test_the_http_route_mirrors_a_fraction_to_the_canary_only_while_shadowing():
     assert after is not None and "filters" not in after["spec"]["rules"][0]
 
 
+def route_filters(
+    rollout: dict, shadow_started: bool, traffic_started: bool
+) -> dict[str, list | None]:
+    """The filters of the HTTPRoute and the GRPCRoute the planner writes for a gRPC-on model
+    with the canary at 0%, by kind (None: the rule has none)."""
+    from modeldeploy.api import AnalysisStatus
+    from modeldeploy.planner import plan_children
+    from modeldeploy.rollout import RolloutState
+
+    serving = {"grpc": {"enabled": True, "port": 9001}}
+    md = make_md({"rollout": rollout, "traffic": GATEWAY_TRAFFIC, "serving": serving})
+    analysis = AnalysisStatus(
+        shadow_started_at=at(0) if shadow_started else None,
+        traffic_started_at=at(30) if traffic_started else None,
+    )
+    state = RolloutState(stable="stable1", canary="canary1", weight=0, step=0, analysis=analysis)
+    objects, _, _ = plan_children(md, Observed(), state, "canary1", "img:1")
+    return {
+        o["kind"]: o["spec"]["rules"][0].get("filters")
+        for o in objects
+        if o["kind"] in ("HTTPRoute", "GRPCRoute")
+    }
+
+
+def test_with_grpc_on_the_grpc_route_mirrors_the_same_fraction_to_the_canarys_grpc_port():
+    rollout = {**SHADOW_ROLLOUT, "shadow": {**SHADOW_ROLLOUT["shadow"], "mirror": "Gateway"}}
+    filters = route_filters(rollout, shadow_started=True, traffic_started=False)
+    mirror = {"name": "fraud-canary", "port": 9001}
+    fraction = {"numerator": 2000, "denominator": 10000}
+    assert filters["GRPCRoute"] == [
+        {"type": "RequestMirror", "requestMirror": {"backendRef": mirror, "fraction": fraction}}
+    ]
+    # The same copy as REST's, to the Services' grpc port instead of port 80.
+    assert filters["HTTPRoute"] is not None
+    assert filters["HTTPRoute"][0]["requestMirror"]["fraction"] == fraction
+    assert filters["HTTPRoute"][0]["requestMirror"]["backendRef"]["port"] == 80
+    # Once live traffic started, and without a shadow phase, neither route mirrors.
+    live = route_filters(rollout, shadow_started=True, traffic_started=True)
+    assert live == {"HTTPRoute": None, "GRPCRoute": None}
+    plain = route_filters(ROLLOUT, shadow_started=False, traffic_started=False)
+    assert plain == {"HTTPRoute": None, "GRPCRoute": None}
+
+
 def test_gateway_shadow_is_judged_on_the_canarys_own_errors_without_agreement():
     from modeldeploy.judge import RevisionMetrics, judge_shadow_alone
 

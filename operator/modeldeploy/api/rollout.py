@@ -105,10 +105,11 @@ class Shadow(ApiModel):
         description=(
             "Server: stable's model servers copy the requests and compare the canary's answers "
             "with their own; works with any router. Gateway: the HTTPRoute's RequestMirror "
-            "filter copies them (router gateway-api, Gateway API v1.2 or later for its "
-            "fraction); the gateway drops the canary's answers unseen, so there is no "
-            "agreement to judge: the canary is judged on its own error ratio and p99 over the "
-            "copies, and minAgreement, tolerance and maxQueue do not apply."
+            "filter copies them, and the GRPCRoute's the gRPC calls when gRPC is on (router "
+            "gateway-api, Gateway API v1.2 or later for its fraction); the gateway drops the "
+            "canary's answers unseen, so there is no agreement to judge: the canary is judged "
+            "on its own error ratio and p99 over the copies, and minAgreement, tolerance and "
+            "maxQueue do not apply."
         ),
     )
     max_queue: int = Field(
