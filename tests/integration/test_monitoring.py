@@ -281,11 +281,19 @@ def substitute(expr: str, namespace: str) -> str:
     return expr
 
 
-def dashboard_queries(namespace: str) -> dict[str, str]:
-    """Every panel target's PromQL, by "panel title/refId", variables filled in."""
+SHADOW_ROW = "Shadow $namespace/$model"
+
+
+def dashboard_queries(namespace: str, shadow: bool = False) -> dict[str, str]:
+    """Every panel target's PromQL, by "panel title/refId", variables filled in: the shadow row's
+    panels with `shadow`, every other panel without (only a shadow phase gives them data)."""
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = {}
+    queries, row = {}, None
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+        if (row == SHADOW_ROW) is not shadow:
+            continue
         for target in panel.get("targets", []):
             queries[f"{panel['title']}/{target['refId']}"] = substitute(target["expr"], namespace)
     return queries
@@ -415,6 +423,53 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
     # never exports, e.g. a label value it does not use, would fire for ever.)
     for alert in ("ModelDeployOperatorDown", "ModelDeployOperatorNotReconciling"):
         assert prometheus.query(rule_expr(alert)) == [], f"{alert} fires on a working operator"
+
+
+def test_the_shadow_row_shows_a_real_shadow_phase(
+    cluster, namespace, operator, pod_runner, prometheus, model_uris
+) -> None:
+    """A canary shadowing stable (stable's servers copy every request and compare the answers):
+    every query of the shadow row returns data, the agreement is 100 % for a canary that answers
+    like stable, and the copies come at the rate of the live requests."""
+    shadow = {"duration": "20s", "fraction": 1.0, "minAgreement": 0.99}
+    rollout = {**FAST_ROLLOUT, "analysis": {**FAST_ROLLOUT["analysis"], "compareMetadata": False},
+               "shadow": shadow}  # fmt: skip
+    queries = dashboard_queries(namespace, shadow=True)
+    assert {q.split("/")[0] for q in queries} == {
+        "Shadow agreement", "Shadow copies", "Shadow p99 latency"}  # fmt: skip
+    answers: dict[str, list] = {}
+
+    def all_answer() -> bool:
+        answers.update({name: prometheus.query(expr) for name, expr in queries.items()})
+        return all(answers.values())
+
+    traffic = Traffic(pod_runner, "fraud").start()
+    try:
+        apply(cluster, namespace, body(model_uris["v1"], rollout, version="v1"))
+        wait_stable(cluster, namespace)
+        # The same model under a new version label: a new revision that answers like stable.
+        apply(cluster, namespace, body(model_uris["v1"], rollout, version="v1-rebuilt"))
+        started: list[str] = []
+
+        def canary_started() -> bool:
+            started[:] = [r for r in [status(cluster, namespace).get("canaryRevision")] if r]
+            return bool(started)
+
+        wait_until(canary_started, 60, "the canary started")
+        try:
+            wait_until(all_answer, 60, "every shadow query returning data")
+        except TimeoutError as error:
+            raise AssertionError(f"no data: {[n for n, a in answers.items() if not a]}") from error
+    finally:
+        traffic.stop()
+    [agreement] = answers["Shadow agreement/A"]
+    assert agreement["metric"]["shadow"] == started[0] and float(agreement["value"][1]) == 1.0
+    [mirrored] = answers["Shadow copies/A"]
+    assert float(mirrored["value"][1]) > 0, mirrored
+    # Errors and drops show as a series of their own even before the first one (0, not absent).
+    for outcome in ("B", "C"):
+        [series] = answers[f"Shadow copies/{outcome}"]
+        assert 0 <= float(series["value"][1]) < float(mirrored["value"][1]), series
 
 
 def rule_expr(alert: str) -> str:
