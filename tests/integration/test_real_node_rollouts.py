@@ -280,6 +280,16 @@ def test_rolling_restart_under_load_loses_no_request(
     service = kget(cluster, "service", "fraud", "-n", restricted)
     url = f"http://{service['spec']['clusterIP']}:80/v2/models/fraud/infer"
 
+    def routed() -> bool:
+        """kube-proxy has written the endpoints into its rules: it syncs at most once a second
+        (minSyncPeriod), and until then the ClusterIP refuses connections (no endpoints yet)."""
+        try:
+            return http(url, INFER_BODY)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(routed, 30, "the ClusterIP routed to the pods")
+
     def replaced() -> bool:
         current = serving_pods(cluster, restricted, revision)
         names = {p["metadata"]["name"] for p in current}
