@@ -373,16 +373,7 @@ def test_every_dashboard_query_returns_data_from_a_real_canary(
         wait_until(lambda: rolled_back(cluster, namespace), 90, "the failing canary rolled back")
         assert status(cluster, namespace)["stableRevision"] == stable
 
-        empty: list[str] = []
-
-        def all_answer() -> bool:
-            empty[:] = [name for name, expr in queries.items() if not prometheus.query(expr)]
-            return not empty
-
-        try:
-            wait_until(all_answer, 60, "every dashboard query returning data")
-        except TimeoutError as error:
-            raise AssertionError(f"no data for {empty}") from error
+        wait_answering(prometheus, queries, "every dashboard query returning data")
     finally:
         traffic.stop()
 
@@ -437,12 +428,6 @@ def test_the_shadow_row_shows_a_real_shadow_phase(
     queries = dashboard_queries(namespace, shadow=True)
     assert {q.split("/")[0] for q in queries} == {
         "Shadow agreement", "Shadow copies", "Shadow p99 latency"}  # fmt: skip
-    answers: dict[str, list] = {}
-
-    def all_answer() -> bool:
-        answers.update({name: prometheus.query(expr) for name, expr in queries.items()})
-        return all(answers.values())
-
     traffic = Traffic(pod_runner, "fraud").start()
     try:
         apply(cluster, namespace, body(model_uris["v1"], rollout, version="v1"))
@@ -456,10 +441,7 @@ def test_the_shadow_row_shows_a_real_shadow_phase(
             return bool(started)
 
         wait_until(canary_started, 60, "the canary started")
-        try:
-            wait_until(all_answer, 60, "every shadow query returning data")
-        except TimeoutError as error:
-            raise AssertionError(f"no data: {[n for n, a in answers.items() if not a]}") from error
+        answers = wait_answering(prometheus, queries, "every shadow query returning data")
     finally:
         traffic.stop()
     [agreement] = answers["Shadow agreement/A"]
@@ -470,6 +452,24 @@ def test_the_shadow_row_shows_a_real_shadow_phase(
     for outcome in ("B", "C"):
         [series] = answers[f"Shadow copies/{outcome}"]
         assert 0 <= float(series["value"][1]) < float(mirrored["value"][1]), series
+
+
+def wait_answering(
+    prometheus: Prometheus, queries: dict[str, str], what: str, timeout: float = 60
+) -> dict[str, list]:
+    """Poll until every query returns data; their answers, or an AssertionError naming the
+    queries still without data."""
+    answers: dict[str, list] = {}
+
+    def all_answer() -> bool:
+        answers.update({name: prometheus.query(expr) for name, expr in queries.items()})
+        return all(answers.values())
+
+    try:
+        wait_until(all_answer, timeout, what)
+    except TimeoutError as error:
+        raise AssertionError(f"no data for {[n for n, a in answers.items() if not a]}") from error
+    return answers
 
 
 def rule_expr(alert: str) -> str:
